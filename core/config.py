@@ -1,0 +1,153 @@
+"""Configuration as plain dataclasses, read from TOML and overridden by environment variables.
+
+Precedence (lowest to highest): defaults, ``$REPLIQ_HOME/config.toml`` (or ``--config``),
+``REPLIQ_<SECTION>_<KEY>`` environment variables, explicit CLI flags.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any, get_type_hints
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message says which key and why."""
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("REPLIQ_HOME", ".repliq")).expanduser()
+
+
+def default_models_dir() -> Path:
+    if "REPLIQ_MODELS" in os.environ:
+        return Path(os.environ["REPLIQ_MODELS"]).expanduser()
+    cache_root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return cache_root / "repliq" / "models"
+
+
+@dataclass
+class EncoderConfig:
+    # A model-cache name ("e5-small", "minilm") or a path to any sentence-transformers directory.
+    name: str = "e5-small"
+    batch_size: int = 64
+    # "auto" picks cuda when present, else cpu.
+    device: str = "auto"
+
+
+@dataclass
+class RetrievalConfig:
+    context_turns: int = 3
+    top_k: int = 5
+    pool_k: int = 50
+    # Banks above this many phrases per language get an HNSW index instead of exact search.
+    flat_max: int = 50_000
+    hnsw_m: int = 32
+    hnsw_ef_construction: int = 80
+    hnsw_ef_search: int = 256
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 50051
+    max_workers: int = 16
+    max_message_bytes: int = 1 << 20
+    max_turns: int = 64
+    max_turn_chars: int = 4000
+    max_top_k: int = 100
+    # Default deadline applied when the client sends none.
+    default_timeout_s: float = 10.0
+    # Seconds SIGTERM waits for requests in flight.
+    drain_grace_s: float = 30.0
+    # Micro-batching of encoder calls across concurrent requests.
+    microbatch: bool = True
+    microbatch_max_size: int = 64
+    microbatch_wait_ms: float = 2.0
+
+
+@dataclass
+class Settings:
+    home: Path = field(default_factory=default_home)
+    models_dir: Path = field(default_factory=default_models_dir)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+
+    @property
+    def bank_path(self) -> Path:
+        return self.home / "bank.sqlite"
+
+    @property
+    def indexes_dir(self) -> Path:
+        return self.home / "indexes"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.home / "artifacts"
+
+
+_SECTIONS = ("encoder", "retrieval", "server")
+
+
+def _coerce(value: Any, kind: Any, where: str) -> Any:
+    try:
+        if kind is bool and isinstance(value, str):
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if kind in (int, float, str, bool):
+            return kind(value)
+        if kind is Path:
+            return Path(value).expanduser()
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: cannot read {value!r} as {getattr(kind, '__name__', kind)}") from exc
+    return value
+
+
+def _apply(obj: Any, values: dict[str, Any], where: str) -> Any:
+    hints = get_type_hints(type(obj))
+    known = {f.name for f in fields(obj)}
+    changes: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"{where}: unknown key {key!r}; known keys: {', '.join(sorted(known))}")
+        kind = hints[key]
+        if is_dataclass(getattr(obj, key)):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}.{key}: expected a table")
+            changes[key] = _apply(getattr(obj, key), value, f"{where}.{key}")
+        else:
+            changes[key] = _coerce(value, kind, f"{where}.{key}")
+    return replace(obj, **changes)
+
+
+def load_settings(config_path: Path | None = None, environ: dict[str, str] | None = None) -> Settings:
+    """Build settings from defaults, a TOML file and ``REPLIQ_*`` environment overrides."""
+    environ = dict(os.environ if environ is None else environ)
+    settings = Settings(
+        home=Path(environ.get("REPLIQ_HOME", ".repliq")).expanduser(),
+        models_dir=Path(environ["REPLIQ_MODELS"]).expanduser() if "REPLIQ_MODELS" in environ
+        else default_models_dir(),
+    )
+    path = config_path or (settings.home / "config.toml")
+    if config_path is not None and not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    if path.exists():
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
+        settings = _apply(settings, data, str(path))
+    overrides: dict[str, dict[str, str]] = {}
+    for name, value in environ.items():
+        if not name.startswith("REPLIQ_") or name in ("REPLIQ_HOME", "REPLIQ_MODELS"):
+            continue
+        section, _, key = name[len("REPLIQ_"):].lower().partition("_")
+        if section in _SECTIONS and key:
+            overrides.setdefault(section, {})[key] = value
+    return _apply(settings, overrides, "environment") if overrides else settings

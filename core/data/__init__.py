@@ -1,0 +1,1 @@
+"""Hand-written data shipped with the package (starter phrases, blocklists)."""

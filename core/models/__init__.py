@@ -1,0 +1,1 @@
+"""The local model cache: packaged models converted once into plain, loadable directories."""

@@ -1,0 +1,57 @@
+"""The named models repliq knows how to build, and lookup of names or local paths.
+
+A model is referred to by a cache name ("e5-small") or by a path to a local directory. Names are
+built once by ``repliq models prepare`` into the model cache; paths are used as they are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.models.manifest import MANIFEST_NAME, ModelManifest
+
+
+class ModelNotPrepared(FileNotFoundError):
+    """Raised when a named model is not in the cache; the message says what to run."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    kind: str  # "encoder" or "decoder"
+    source_package: str
+    license: str
+    languages: tuple[str, ...]
+    description: str
+    # Builds the model into an empty directory and returns its manifest (already saved there).
+    build: Callable[[Path], ModelManifest]
+    default: bool = False
+
+
+def all_specs() -> dict[str, ModelSpec]:
+    from core.models.decoders import DECODER_SPECS
+    from core.models.encoders import ENCODER_SPECS
+
+    return {spec.name: spec for spec in (*ENCODER_SPECS, *DECODER_SPECS)}
+
+
+def resolve(name_or_path: str | Path, models_dir: Path) -> Path:
+    """Directory of a named cached model or of a local model path."""
+    candidate = Path(name_or_path).expanduser()
+    if candidate.is_dir():
+        return candidate
+    specs = all_specs()
+    name = str(name_or_path)
+    if name not in specs:
+        raise ModelNotPrepared(
+            f"unknown model {name!r}: use one of {', '.join(sorted(specs))} or a path to a local model "
+            "directory"
+        )
+    model_dir = Path(models_dir) / name
+    if not (model_dir / MANIFEST_NAME).exists():
+        raise ModelNotPrepared(
+            f"model {name!r} is not prepared in {models_dir}; run `repliq models prepare {name}`"
+        )
+    return model_dir

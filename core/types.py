@@ -1,0 +1,46 @@
+"""Plain data types shared by every floor, so no floor needs another's classes to talk."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+SOURCE_BANK = "bank"
+SOURCE_GENERATED = "generated"
+
+
+@dataclass(frozen=True)
+class Turn:
+    speaker: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Context:
+    """The dialogue so far; the last turn is the one being answered."""
+
+    turns: tuple[Turn, ...]
+
+    @property
+    def last_text(self) -> str:
+        return self.turns[-1].text if self.turns else ""
+
+    def window(self, n_turns: int) -> Context:
+        return Context(self.turns[-n_turns:] if n_turns > 0 else self.turns)
+
+    def as_query_text(self, n_turns: int, separator: str = "\n") -> str:
+        """The retrieval query: the last ``n_turns`` texts, oldest first."""
+        return separator.join(t.text for t in self.window(n_turns).turns)
+
+
+@dataclass
+class Candidate:
+    """One possible reply. ``score`` orders candidates; ``stage_scores`` explains it."""
+
+    text: str
+    source: str
+    language: str
+    phrase_id: int | None = None
+    score: float = 0.0
+    stage_scores: dict[str, float] = field(default_factory=dict)
+    features: dict[str, float] = field(default_factory=dict)
+    contributions: dict[str, float] = field(default_factory=dict)

@@ -1,0 +1,1 @@
+"""Floor 1 (top): the product — pipeline, gRPC server, CLI, generation, editor and labeling tools."""

@@ -1,0 +1,43 @@
+"""Shared fixtures.
+
+Real models live in one machine-wide cache (``REPLIQ_MODELS`` or the user cache directory) so the
+slow conversion happens once per machine, not once per test run.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def models_dir() -> Path:
+    from core.config import default_models_dir
+
+    path = default_models_dir()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty workspace (REPLIQ_HOME) per test."""
+    workspace = tmp_path / "home"
+    workspace.mkdir()
+    monkeypatch.setenv("REPLIQ_HOME", str(workspace))
+    return workspace
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.exists():
+        pytest.skip(f"development data not found at {SHARED_DATA}")
+    return SHARED_DATA
