@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 SOURCE_BANK = "bank"
 SOURCE_GENERATED = "generated"
@@ -44,3 +45,25 @@ class Candidate:
     stage_scores: dict[str, float] = field(default_factory=dict)
     features: dict[str, float] = field(default_factory=dict)
     contributions: dict[str, float] = field(default_factory=dict)
+
+
+class CandidateSource(Protocol):
+    """Anything that proposes replies: the bank retriever, the generative LM, ...
+
+    ``deadline`` is an absolute ``time.monotonic()`` value; a source returns what it has by then.
+    """
+
+    name: str
+
+    def candidates(self, context: Context, language: str, k: int, deadline: float) -> list[Candidate]: ...
+
+
+class Reranker(Protocol):
+    """Orders a pooled candidate list; sets ``score`` (and, with ``explain``, ``contributions``)."""
+
+    name: str
+    version: str
+
+    def rerank(
+        self, context: Context, candidates: list[Candidate], explain: bool = False
+    ) -> list[Candidate]: ...
