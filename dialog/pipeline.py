@@ -1,0 +1,85 @@
+"""The request path: pool candidates from every source, rerank, cut to top K.
+
+Sources and the reranker are protocols (``core.types``), so a new candidate source or a learned
+reranker plugs in here without the server or the wire API changing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from core.text import detect_language
+from core.types import SOURCE_BANK, Candidate, CandidateSource, Context, Reranker
+
+
+@dataclass
+class PipelineRequest:
+    context: Context
+    top_k: int
+    # Absolute time.monotonic() by which the answer must be ready.
+    deadline: float
+    language_hint: str = ""
+    explain: bool = False
+    # None means "as configured"; True/False switches the generative source for this request.
+    generate: bool | None = None
+
+
+@dataclass
+class PipelineResult:
+    candidates: list[Candidate]
+    language: str
+    versions: dict[str, str] = field(default_factory=dict)
+
+
+def reply_language(context: Context, hint: str = "") -> str:
+    """The hint wins; otherwise the language of the last user-authored text."""
+    if hint:
+        return hint
+    return detect_language(context.last_text)
+
+
+def bank_first(candidates: list[Candidate]) -> list[Candidate]:
+    """Fallback order without a learned reranker: bank phrases by score, then the rest by score."""
+    return sorted(candidates, key=lambda c: (c.source != SOURCE_BANK, -c.score))
+
+
+class Pipeline:
+    def __init__(
+        self,
+        sources: Sequence[CandidateSource],
+        *,
+        pool_k: int,
+        reranker: Reranker | None = None,
+        optional_sources: Sequence[CandidateSource] = (),
+        optional_enabled: bool = False,
+        versions: dict[str, str] | None = None,
+    ) -> None:
+        if not sources:
+            raise ValueError("a pipeline needs at least one candidate source")
+        self.sources = list(sources)
+        self.optional_sources = list(optional_sources)
+        self.optional_enabled = optional_enabled
+        self.reranker = reranker
+        self.pool_k = pool_k
+        self.versions = dict(versions or {})
+
+    def respond(self, request: PipelineRequest) -> PipelineResult:
+        language = reply_language(request.context, request.language_hint)
+        use_optional = self.optional_enabled if request.generate is None else request.generate
+        active = self.sources + (self.optional_sources if use_optional else [])
+        pool: list[Candidate] = []
+        for source in active:
+            if time.monotonic() >= request.deadline:
+                break
+            pool.extend(source.candidates(request.context, language, self.pool_k, request.deadline))
+        if self.reranker is not None and pool:
+            ranked = self.reranker.rerank(request.context, pool, explain=request.explain)
+        else:
+            ranked = bank_first(pool)
+        if not request.explain:
+            for candidate in ranked:
+                candidate.stage_scores = {}
+                candidate.contributions = {}
+        return PipelineResult(ranked[: request.top_k], language, dict(self.versions))

@@ -1,0 +1,148 @@
+"""The gRPC server: repliq.v1.Chat plus the standard Health and Reflection services.
+
+Every request is validated before work starts, runs under the client's deadline (or the configured
+default), is logged as one JSON line with its request id, and survives SIGTERM: the server stops
+taking new calls and drains the ones in flight.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+import uuid
+from concurrent import futures
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from core import __version__
+from core.config import ServerConfig
+from dialog.logs import log_event
+from dialog.pipeline import Pipeline, PipelineRequest
+from dialog.validation import InvalidRequest, validate_request
+from repliq.v1 import chat_pb2, chat_pb2_grpc
+
+CHAT_SERVICE = chat_pb2.DESCRIPTOR.services_by_name["Chat"].full_name
+log = logging.getLogger("repliq.server")
+
+
+class ChatService(chat_pb2_grpc.ChatServicer):
+    def __init__(self, pipeline: Pipeline, limits: ServerConfig, default_top_k: int) -> None:
+        self.pipeline = pipeline
+        self.limits = limits
+        self.default_top_k = default_top_k
+
+    def Respond(  # noqa: N802 - the name is fixed by the generated servicer
+        self, request: chat_pb2.RespondRequest, context: grpc.ServicerContext
+    ) -> chat_pb2.RespondResponse:
+        started = time.monotonic()
+        metadata = dict(context.invocation_metadata())
+        request_id = metadata.get("x-request-id") or uuid.uuid4().hex
+        context.send_initial_metadata((("x-request-id", request_id),))
+        fields = {"request_id": request_id, "session_id": request.session_id, "rpc": "Respond"}
+        try:
+            dialogue = validate_request(request, self.limits)
+        except InvalidRequest as exc:
+            log_event(log, "rejected", logging.WARNING, **fields, code="INVALID_ARGUMENT", error=str(exc))
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        remaining = context.time_remaining()
+        budget = self.limits.default_timeout_s if remaining is None else min(remaining, 3600.0)
+        if budget <= 0:
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed before work started")
+        result = self.pipeline.respond(
+            PipelineRequest(
+                context=dialogue,
+                top_k=request.top_k or self.default_top_k,
+                deadline=started + budget,
+                language_hint=request.language,
+                explain=request.explain,
+                generate=request.generate if request.HasField("generate") else None,
+            )
+        )
+        if not context.is_active():
+            log_event(log, "abandoned", logging.WARNING, **fields, code="CANCELLED")
+            return chat_pb2.RespondResponse()
+        reply = chat_pb2.RespondResponse(
+            language=result.language,
+            request_id=request_id,
+            versions=chat_pb2.Versions(server=__version__, **{
+                key: value for key, value in result.versions.items()
+                if key in ("encoder", "bank", "index", "ranker", "generator")
+            }),
+        )
+        for candidate in result.candidates:
+            reply.candidates.add(
+                text=candidate.text,
+                phrase_id=candidate.phrase_id or 0,
+                source=candidate.source,
+                score=candidate.score,
+                language=candidate.language,
+                stage_scores=candidate.stage_scores,
+                contributions=[
+                    chat_pb2.FeatureContribution(
+                        feature=name, value=candidate.features.get(name, float("nan")), contribution=value
+                    )
+                    for name, value in candidate.contributions.items()
+                ],
+            )
+        log_event(
+            log, "ok", **fields, code="OK", language=result.language, candidates=len(result.candidates),
+            latency_ms=round((time.monotonic() - started) * 1000, 2),
+        )
+        return reply
+
+
+class RunningServer:
+    """A started server and its health servicer, so callers can drain it cleanly."""
+
+    def __init__(self, server: grpc.Server, health_servicer: health.HealthServicer, port: int) -> None:
+        self.server = server
+        self.health = health_servicer
+        self.port = port
+
+    def stop(self, grace: float) -> None:
+        """Refuse new calls, report NOT_SERVING, and wait up to ``grace`` seconds for calls in flight."""
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace).wait()
+
+
+def start_server(pipeline: Pipeline, config: ServerConfig, default_top_k: int) -> RunningServer:
+    options = [
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        ("grpc.max_send_message_length", config.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+    ]
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.max_workers), options=options)
+    chat_pb2_grpc.add_ChatServicer_to_server(ChatService(pipeline, config, default_top_k), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (CHAT_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server,
+    )
+    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    if port == 0:
+        raise OSError(f"cannot listen on {config.host}:{config.port}; is another server running there?")
+    server.start()
+    for service in ("", CHAT_SERVICE):
+        health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    log_event(log, "serving", host=config.host, port=port, workers=config.max_workers)
+    return RunningServer(server, health_servicer, port)
+
+
+def serve_forever(running: RunningServer, grace: float) -> None:
+    """Block until SIGTERM or SIGINT, then drain requests in flight before returning."""
+    stop_requested = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log_event(log, "draining", signal=signal.Signals(signum).name, grace_s=grace)
+        stop_requested.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    stop_requested.wait()
+    running.stop(grace)
+    log_event(log, "stopped")
