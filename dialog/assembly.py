@@ -10,12 +10,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from core.bank.store import PhraseBank
-from core.config import Settings
-from dialog.pipeline import Pipeline
 from retriever.bank_index import load_index
 from retriever.bank_retriever import BankRetriever
 from retriever.encoder import Encoder
 from retriever.microbatch import MicroBatcher
+
+from core.config import Settings
+from dialog.pipeline import Pipeline
 
 
 @dataclass

@@ -35,7 +35,7 @@ class ChatService(chat_pb2_grpc.ChatServicer):
         self.limits = limits
         self.default_top_k = default_top_k
 
-    def Respond(  # noqa: N802 - the name is fixed by the generated servicer
+    def Respond(
         self, request: chat_pb2.RespondRequest, context: grpc.ServicerContext
     ) -> chat_pb2.RespondResponse:
         started = time.monotonic()

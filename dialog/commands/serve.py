@@ -72,14 +72,14 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _client(args: argparse.Namespace, settings: Settings):  # noqa: ANN202 - local import keeps CLI start fast
+def _client(args: argparse.Namespace, settings: Settings):
     from dialog.client import ChatClient
 
     settings = _server_settings(args, settings)
     return ChatClient(settings.server.host, settings.server.port, timeout_s=args.timeout)
 
 
-def _print_response(response, explain: bool) -> None:  # noqa: ANN001 - generated message type
+def _print_response(response, explain: bool) -> None:
     if not response.candidates:
         print("(no answer)")
         return

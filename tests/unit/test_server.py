@@ -102,7 +102,7 @@ def test_generated_candidates_follow_bank_without_reranker(client: ChatClient) -
         ([("user", "hi")], {"language": "klingon"}, "not supported"),
     ],
 )
-def test_bad_input_is_invalid_argument(client: ChatClient, turns, kwargs, fragment) -> None:  # noqa: ANN001
+def test_bad_input_is_invalid_argument(client: ChatClient, turns, kwargs, fragment) -> None:
     with pytest.raises(grpc.RpcError) as info:
         client.respond(turns, **kwargs)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
