@@ -67,7 +67,7 @@ class ContextPair:
 
 def split_of(conv_id: str, dev_fraction: float = 0.1, test_fraction: float = 0.1) -> str:
     """Stable split of a conversation: the same id lands in the same split on every machine and run."""
-    if not (0 <= dev_fraction and 0 <= test_fraction and dev_fraction + test_fraction < 1):
+    if not (dev_fraction >= 0 and test_fraction >= 0 and dev_fraction + test_fraction < 1):
         raise ValueError(
             f"dev_fraction={dev_fraction} and test_fraction={test_fraction} must be >= 0 and sum to < 1"
         )

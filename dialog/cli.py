@@ -28,7 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--home", type=Path, help="workspace directory (default: $REPLIQ_HOME or ./.repliq)")
     parser.add_argument("--config", type=Path, help="TOML config file (default: <home>/config.toml if present)")
-    parser.add_argument("--models-dir", type=Path, help="model cache (default: $REPLIQ_MODELS or ~/.cache/repliq/models)")
+    parser.add_argument(
+        "--models-dir", type=Path, help="model cache (default: $REPLIQ_MODELS or ~/.cache/repliq/models)",
+    )
     parser.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in (models, bank, index, serve):
