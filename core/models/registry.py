@@ -6,28 +6,14 @@ built once by ``repliq models prepare`` into the model cache; paths are used as 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-from core.models.manifest import MANIFEST_NAME, ModelManifest
+from core.models.manifest import MANIFEST_NAME
+from core.models.spec import ModelSpec
 
 
 class ModelNotPrepared(FileNotFoundError):
     """Raised when a named model is not in the cache; the message says what to run."""
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    name: str
-    kind: str  # "encoder" or "decoder"
-    source_package: str
-    license: str
-    languages: tuple[str, ...]
-    description: str
-    # Builds the model into an empty directory and returns its manifest (already saved there).
-    build: Callable[[Path], ModelManifest]
-    default: bool = False
 
 
 def all_specs() -> dict[str, ModelSpec]:
