@@ -1,4 +1,7 @@
-"""Versioned schema of the bank database.
+"""What the bank stores: the rules a phrase's fields must obey and the versioned database schema.
+
+The field rules sit next to the tables because they are one contract: every path into the bank (editor,
+import, default build) goes through ``clean_fields`` before any row is written.
 
 Migrations are append-only: a released migration is never edited, because banks already upgraded by it
 would silently differ from fresh ones. A new table or column is a new function at the end of
@@ -8,12 +11,150 @@ would silently differ from fresh ones. A new table or column is a new function a
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
+from core.text import SUPPORTED_LANGUAGES, normalize_text
 
-class SchemaError(RuntimeError):
+STATUSES = ("draft", "approved", "retired")
+EDITABLE = ("text", "language", "tags", "status", "source", "license", "author")
+MAX_TEXT_CHARS = 1000
+MAX_TAG_CHARS = 64
+_ISO_CODES = (
+    "aa ab ae af ak am an ar as av ay az ba be bg bi bm bn bo br bs ca ce ch co cr cs cu cv cy da de dv dz "
+    "ee el en eo es et eu fa ff fi fj fo fr fy ga gd gl gn gu gv ha he hi ho hr ht hu hy hz ia id ie ig ii "
+    "ik io is it iu ja jv ka kg ki kj kk kl km kn ko kr ks ku kv kw ky la lb lg li ln lo lt lu lv mg mh mi "
+    "mk ml mn mr ms mt my na nb nd ne ng nl nn no nr nv ny oc oj om or os pa pi pl ps pt qu rm rn ro ru rw "
+    "sa sc sd se sg si sk sl sm sn so sq sr ss st su sv sw ta te tg th ti tk tl tn to tr ts tt tw ty ug uk "
+    "ur uz ve vi vo wa wo xh yi yo za zh zu"
+)
+ISO_639_1 = frozenset(_ISO_CODES.split()) | frozenset(SUPPORTED_LANGUAGES)
+
+
+class BankError(ValueError):
+    """A request the bank refuses; the message says what to change."""
+
+
+class SchemaError(BankError):
     """The database cannot be used by this version of the code."""
+
+
+@dataclass(frozen=True)
+class Phrase:
+    id: int
+    text: str
+    language: str
+    tags: tuple[str, ...]
+    status: str
+    source: str
+    license: str
+    author: str
+    created: str
+    updated: str
+    version: int
+
+    def to_dict(self) -> dict[str, object]:
+        return {**asdict(self), "tags": list(self.tags)}
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    id: int
+    phrase_id: int
+    who: str
+    at: str
+    before: dict | None
+    after: dict | None
+    why: str
+
+
+class DuplicatePhrase(BankError):
+    def __init__(self, existing_id: int, text: str, language: str) -> None:
+        super().__init__(
+            f"phrase #{existing_id} already says this in {language!r}: {text!r}. Edit or re-approve "
+            f"#{existing_id} instead of adding a copy."
+        )
+        self.existing_id = existing_id
+
+
+class PhraseNotFound(BankError, KeyError):
+    __str__ = BaseException.__str__  # KeyError would quote the message
+
+
+def _require_str(name: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise BankError(f"{name} must be a string, got {type(value).__name__}")
+    return value
+
+
+def clean_text(value: object) -> str:
+    text = normalize_text(_require_str("text", value))
+    if not text:
+        raise BankError("text is empty; write the reply or drop the row")
+    if len(text) > MAX_TEXT_CHARS:
+        raise BankError(f"text is {len(text)} characters long, the limit is {MAX_TEXT_CHARS}; shorten or split it")
+    return text
+
+
+def clean_language(value: object) -> str:
+    language = _require_str("language", value).strip().lower()
+    if not language:
+        raise BankError("language is missing; add a language field/column or pass a default language (ru, en, uk)")
+    if language not in ISO_639_1:
+        raise BankError(f"unknown language {language!r}; use a two-letter ISO 639-1 code such as ru, en or uk")
+    return language
+
+
+def clean_status(value: object) -> str:
+    status = _require_str("status", value).strip().lower()
+    if status not in STATUSES:
+        raise BankError(f"unknown status {status!r}; use one of {', '.join(STATUSES)}")
+    return status
+
+
+def clean_tags(value: object) -> tuple[str, ...]:
+    """Lower-cased, whitespace-normalized, de-duplicated tags in their original order."""
+    if isinstance(value, str) or not isinstance(value, list | tuple | set | frozenset):
+        raise BankError(f"tags must be a list of strings, got {type(value).__name__}")
+    tags: list[str] = []
+    for item in value:
+        tag = normalize_text(_require_str("each tag", item)).lower()
+        if "|" in tag:
+            raise BankError(f"tag {tag!r} contains '|', which separates tags in CSV files; remove it")
+        if len(tag) > MAX_TAG_CHARS:
+            raise BankError(f"tag {tag[:20]!r}... is longer than {MAX_TAG_CHARS} characters; shorten it")
+        if tag and tag not in tags:
+            tags.append(tag)
+    return tuple(tags)
+
+
+def clean_label(name: str, value: object, *, required: bool = False) -> str:
+    label = normalize_text(_require_str(name, value))
+    if required and not label:
+        raise BankError(f"{name} is empty; say where the phrase comes from (e.g. 'editor')")
+    return label
+
+
+def clean_who(value: object) -> str:
+    who = normalize_text(_require_str("who", value))
+    if not who:
+        raise BankError("who is empty; say who makes the change (a user name)")
+    return who
+
+
+def clean_fields(values: Mapping[str, object]) -> dict[str, object]:
+    """Canonical values for the editable fields present in ``values``; raises on the first bad one."""
+    cleaners: dict[str, Callable[[object], object]] = {
+        "text": clean_text,
+        "language": clean_language,
+        "tags": clean_tags,
+        "status": clean_status,
+        "source": lambda v: clean_label("source", v, required=True),
+        "license": lambda v: clean_label("license", v),
+        "author": lambda v: clean_label("author", v),
+    }
+    return {name: cleaners[name](value) for name, value in values.items()}
 
 
 def _phrases_and_history(conn: sqlite3.Connection) -> None:

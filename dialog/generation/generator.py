@@ -1,0 +1,175 @@
+"""Sampled replies from the decoder LM, as a candidate source next to the phrase bank.
+
+The request deadline is a hard wall: sampling runs on a worker thread in small batches, each batch
+publishes its replies as soon as it finishes, and the caller takes whatever is there at the deadline
+without waiting a moment longer. A clock check inside the sampling loop makes the worker stop at
+the next token after the deadline, so abandoned work does not keep the CPU busy.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from core.lm.prompts import END_OF_TURN, prompt_format
+from core.lm.wrapper import AnyLM, DecoderLM, NullLM
+from core.types import SOURCE_GENERATED, Candidate, Context
+from dialog.generation.filters import ReplyFilter
+
+log = logging.getLogger(__name__)
+
+# Time kept back from the deadline for filtering and building candidates after the worker is left.
+RETURN_MARGIN_S = 0.01
+
+
+@dataclass
+class GenerationConfig:
+    n_candidates: int = 4
+    # Replies sampled per model call; small batches mean something is ready early.
+    samples_per_call: int = 2
+    temperature: float = 0.8
+    top_p: float = 0.95
+    top_k: int = 50
+    max_new_tokens: int = 32
+    context_turns: int = 3
+    max_context_tokens: int = 256
+    # Replies cut by max_new_tokens (no end of turn) are usually unfinished sentences.
+    keep_truncated: bool = False
+
+    def validate(self) -> None:
+        for name in ("n_candidates", "samples_per_call", "max_new_tokens", "max_context_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"generation {name} must be at least 1, got {getattr(self, name)}")
+        if self.temperature <= 0:
+            raise ValueError(f"generation temperature must be positive, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"generation top_p must be in (0, 1], got {self.top_p}")
+
+
+@dataclass(frozen=True)
+class Sample:
+    text: str
+    mean_logprob: float
+    finished: bool
+
+
+class _StopCriteria:
+    """Per-row stop at end of turn (a token containing a newline), and for all rows at the deadline."""
+
+    def __init__(self, lm: DecoderLM, deadline: float, cancel: threading.Event) -> None:
+        self.lm, self.deadline, self.cancel = lm, deadline, cancel
+        self._newline: dict[int, bool] = {}
+
+    def is_newline(self, token: int) -> bool:
+        if token not in self._newline:
+            self._newline[token] = END_OF_TURN in self.lm.tokenizer.decode([token])
+        return self._newline[token]
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        if self.cancel.is_set() or time.monotonic() >= self.deadline:
+            return torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        last = input_ids[:, -1].tolist()
+        return torch.tensor([self.is_newline(t) for t in last], dtype=torch.bool, device=input_ids.device)
+
+
+class LMGenerator:
+    name = SOURCE_GENERATED
+
+    def __init__(self, lm: AnyLM, config: GenerationConfig | None = None,
+                 reply_filter: ReplyFilter | None = None) -> None:
+        if isinstance(lm, NullLM):
+            lm.require("reply generation")
+        assert isinstance(lm, DecoderLM)
+        self.lm = lm
+        self.config = config or GenerationConfig()
+        self.config.validate()
+        self.filter = reply_filter or ReplyFilter()
+
+    @property
+    def version(self) -> str:
+        return self.lm.lm_id
+
+    def candidates(self, context: Context, language: str, k: int, deadline: float) -> list[Candidate]:
+        if k < 1 or time.monotonic() >= deadline - RETURN_MARGIN_S:
+            return []
+        samples = self.sample(context, language, deadline)
+        verdict = self.filter.apply([s.text for s in samples], context, language)
+        found = [
+            Candidate(text=samples[i].text, source=SOURCE_GENERATED, language=language, phrase_id=None,
+                      score=samples[i].mean_logprob, stage_scores={"gen_logprob": samples[i].mean_logprob})
+            for i in verdict.kept
+        ]
+        if verdict.dropped:
+            log.debug("dropped generated replies: %s", {samples[i].text: why for i, why in verdict.dropped.items()})
+        return sorted(found, key=lambda c: c.score, reverse=True)[:k]
+
+    def sample(self, context: Context, language: str, deadline: float) -> list[Sample]:
+        """Usable samples finished before the deadline (unfinished ones only with ``keep_truncated``)."""
+        fmt = prompt_format(language)
+        prompt = fmt.dialogue_prompt(context, self.config.context_turns)
+        prompt_ids = [self.lm.bos_id, *self.lm.encode(prompt)[-self.config.max_context_tokens:]]
+        results: list[Sample] = []
+        lock, cancel = threading.Lock(), threading.Event()
+        # Not a daemon: interpreter exit waits the one token step it takes the worker to see ``cancel``,
+        # instead of tearing torch down under a running thread (which aborts the process).
+        worker = threading.Thread(target=self._work, args=(prompt_ids, deadline, cancel, results, lock),
+                                  name="lm-generate")
+        worker.start()
+        try:
+            worker.join(timeout=max(0.0, deadline - RETURN_MARGIN_S - time.monotonic()))
+        finally:
+            cancel.set()
+        with lock:
+            done = list(results)
+        return [s for s in done if s.text and (s.finished or self.config.keep_truncated)]
+
+    def _work(self, prompt_ids: list[int], deadline: float, cancel: threading.Event,
+              results: list[Sample], lock: threading.Lock) -> None:
+        try:
+            stop = _StopCriteria(self.lm, deadline, cancel)
+            remaining = self.config.n_candidates
+            while remaining > 0 and not cancel.is_set() and time.monotonic() < deadline:
+                batch = min(remaining, self.config.samples_per_call)
+                samples = self._sample_batch(prompt_ids, batch, stop)
+                with lock:
+                    if not cancel.is_set():
+                        results.extend(samples)
+                remaining -= batch
+        except Exception:  # the request still gets its bank candidates
+            log.exception("reply generation failed")
+
+    def _sample_batch(self, prompt_ids: list[int], batch: int, stop: _StopCriteria) -> list[Sample]:
+        import torch
+        from transformers import StoppingCriteriaList
+
+        cfg, lm = self.config, self.lm
+        input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=lm.device)
+        out = lm.model.generate(
+            input_ids=input_ids, attention_mask=torch.ones_like(input_ids), do_sample=True,
+            temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens,
+            num_return_sequences=batch, pad_token_id=lm.pad_id, eos_token_id=sorted(lm.eos_ids),
+            stopping_criteria=StoppingCriteriaList([stop]), return_dict_in_generate=True, output_logits=True,
+        )
+        new_tokens = out.sequences[:, len(prompt_ids):].tolist()
+        logprobs = torch.stack(out.logits, dim=1).float().log_softmax(-1) if out.logits else None
+        samples = []
+        for row, tokens in enumerate(new_tokens):
+            end, finished = len(tokens), False
+            for i, token in enumerate(tokens):
+                if token in lm.eos_ids or stop.is_newline(token):
+                    end, finished = i + 1, True
+                    break
+            text = lm.decode(tokens[:end]).split(END_OF_TURN, 1)[0].strip()
+            if end == 0 or logprobs is None:
+                continue
+            # Mean over the reply tokens including the end-of-turn token: a confident stop is a good sign.
+            chosen = logprobs[row, torch.arange(end), torch.tensor(tokens[:end])]
+            mean = float(chosen.mean())
+            samples.append(Sample(text, mean if math.isfinite(mean) else -math.inf, finished))
+        return samples
