@@ -35,6 +35,8 @@ class EncoderConfig:
     batch_size: int = 64
     # "auto" picks cuda when present, else cpu.
     device: str = "auto"
+    # torch intra-op threads for encoding; 0 leaves torch's default.
+    num_threads: int = 0
 
 
 @dataclass
