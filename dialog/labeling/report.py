@@ -261,6 +261,8 @@ def build_report(store: LabelStore, export_dir: Path, key_path: Path | None = No
         "raters": a.raters, "excluded_raters": excluded, "systems": {}, "agreement": {}, "comparisons": [],
         "intransitive_cycle": None, "warnings": []}
     warn = report["warnings"].append
+    if not a.kept:
+        warn("no usable labels: every answer came from an excluded rater or was on a honeypot")
     if excluded:
         warn(f"{len(excluded)} rater(s) excluded, honeypot accuracy below {min_honeypot_accuracy}: "
              + ", ".join(excluded))
@@ -331,6 +333,8 @@ def _system_table(a: Analysis, names: Sequence[str], n_boot: int, seed: int) -> 
     metrics = {"sensibleness": sens, "specificity": spec, "ssa": (sens + spec) / 2}
     boots = {m: bootstrap_means(values, n_boot, seed) for m, values in metrics.items()}
     for j, name in enumerate(names):
+        if np.all(np.isnan(sens[:, j])):
+            continue  # no usable labels for this system; the coverage warning says so
         table[name] = {"contexts": int(np.sum(~np.isnan(sens[:, j])))}
         for m in metrics:
             value, lo, hi = boots[m][j]

@@ -271,6 +271,8 @@ def build_tasks(contexts: Mapping[str, Context], responses: Mapping[str, Mapping
             items.append((cid, (by_system[a], by_system[b]), [system_ids[a], system_ids[b]], swap))
     if identical:
         warnings.append(f"{identical} pairs skipped: both systems gave the same reply (count them as ties)")
+    if not items:
+        raise LabelingError("nothing to label: every pair of systems gave identical replies to every context")
     picked = _pick_honeypots(honeypots, len(items), honeypot_rate, rng, warnings)
     ids = _task_ids(rng, len(items) + len(picked))
     built = BuiltTasks([], dict(contexts), {}, warnings=warnings)
