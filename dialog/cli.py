@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from core.config import ConfigError, Settings, load_settings
-from dialog.commands import bank, index, models, serve
+from dialog.commands import bank, index, models, serve, ssa
 
 
 class UserError(Exception):
@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (models, bank, index, serve):
+    for module in (models, bank, index, serve, ssa):
         module.register(commands)
     return parser
 
@@ -48,6 +48,13 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return settings
 
 
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Errors whose message already tells the user what to do: printed without a traceback."""
+    from retriever.bank_index import BankIndexError
+
+    return (ConfigError, UserError, FileNotFoundError, ValueError, KeyError, BankIndexError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -60,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = settings_from_args(args)
         return int(args.func(args, settings) or 0)
-    except (ConfigError, UserError, FileNotFoundError, ValueError, KeyError) as exc:
+    except user_errors() as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"repliq: error: {message}", file=sys.stderr)
         return 2

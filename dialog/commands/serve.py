@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from core.config import Settings
+
+if TYPE_CHECKING:
+    pass
 
 
 def _add_endpoint(parser: argparse.ArgumentParser, *, serving: bool) -> None:

@@ -177,3 +177,26 @@ def demo(work_dir: Path, store: Any, fmt: str = "jsonl", mode: str = POINTWISE, 
     imported = import_labels(export_dir, answers_path, fmt, store)
     report = build_report(store, export_dir, out_dir=work_dir / "report", seed=seed)
     return {"export": summary, "import": imported, "report": report, "answers": str(answers_path)}
+
+
+def scripted_truth(export_dir: Path, key_path: Path | None = None) -> dict[tuple[str, str], Truth]:
+    """A planted truth for any export, from a transparent rule, so the CLI loop can run without people.
+
+    Sensible: the reply is in the context's language and does not just repeat it. Specific: also at
+    least six words and no generic pattern. It is a stand-in for raters, not a quality judgement.
+    """
+    from ranker.features.generic import is_generic
+
+    export = load_export(export_dir)
+    key = load_key(key_path or Path(export_dir) / KEY_NAME, export)
+    truth: dict[tuple[str, str], Truth] = {}
+    for task_id, task in export.tasks.items():
+        if task.honeypot:
+            continue
+        context = export.contexts[task.context_id]
+        language = detect_language(context.last_text)
+        for name, reply in zip(key.names(task_id), task.responses, strict=True):
+            sensible = detect_language(reply, language) == language and reply.strip() != context.last_text.strip()
+            specific = sensible and len(reply.split()) >= 6 and not is_generic(reply, language)
+            truth[(task.context_id, name)] = Truth(sensible, specific)
+    return truth
