@@ -1,0 +1,46 @@
+"""A real workspace on the default encoder (e5-small) and the hand-written starter bank.
+
+Built once per test session: the starter bank (706 phrases) encodes in seconds, while the full
+default bank is exercised by `scripts/demo`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from workspace import make_settings
+
+from core.config import Settings
+
+
+@pytest.fixture(scope="session")
+def real_home(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from core.bank.default import starter_rows
+    from core.bank.store import PhraseBank
+    from core.models.cache import prepare
+    from retriever.bank_index import build_index
+    from retriever.encoder import Encoder
+
+    prepare(["e5-small"], models_dir)
+    home = tmp_path_factory.mktemp("real-home")
+    settings = make_settings(home, models_dir)
+    with PhraseBank(settings.bank_path) as bank:
+        report = bank.import_phrases(starter_rows(), who="tests")
+        assert report.ok, report.errors
+        build_index(bank, Encoder.from_config(settings), settings)
+    return home
+
+
+@pytest.fixture(scope="session")
+def real_server(real_home: Path, models_dir: Path) -> Iterator[tuple[Settings, int]]:
+    from dialog.assembly import build_pipeline
+    from dialog.server import start_server
+
+    settings = make_settings(real_home, models_dir)
+    assembled = build_pipeline(settings)
+    running = start_server(assembled.pipeline, settings.server, settings.retrieval.top_k)
+    yield settings, running.port
+    running.stop(grace=2.0)
+    assembled.close()
