@@ -63,7 +63,7 @@ def main() -> int:
     annotators = build_annotators(AnnotatorResources(idf=idf))
     dataset = build_ranking_dataset(pairs, annotators, bank, config=BuilderConfig(k_random=19),
                                     resources={"idf": idf.hash})
-    config = BlenderTrainConfig(rounds=args.rounds, early_stopping=args.rounds + 1)
+    config = BlenderTrainConfig(rounds=args.rounds, early_stopping=0)
     with tempfile.TemporaryDirectory() as tmp:
         train_blender(dataset, config, Path(tmp) / "blender", idf=idf, annotators=annotators)
         blender = Blender.load(Path(tmp) / "blender")

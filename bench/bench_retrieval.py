@@ -37,7 +37,7 @@ def real_texts(limit: int) -> tuple[list[str], list[str]]:
     from core.bank.default import chatterbot_rows, chitchat_rows, starter_rows
 
     replies = [r.text for r in starter_rows() if r.language == "en"]
-    replies += [r.text for r in chatterbot_rows(languages=("english",))[0]]
+    replies += [r.text for r in chatterbot_rows(languages=("en",))[0]]
     replies += [r.text for r in chitchat_rows(limit=limit)]
     replies = list(dict.fromkeys(replies))[:limit]
     queries = [r.text for r in chitchat_rows(limit=limit + 2000, seed=7)][-2000:]
@@ -167,8 +167,10 @@ def bench_encoder(name: str, replies: list[str], queries: list[str], bank_size: 
 
 
 def render(results: list[dict], n_requests: int) -> str:
+    size = results[0]["bank_size"] if results else 0
     lines = ["## Retrieval serving (issue 2)", "",
-             f"100k-phrase English bank, top-5, {n_requests} requests per cell, gRPC on loopback, load generator in "
+             f"{size:,}-phrase English bank ({results[0]['real_vectors'] if results else 0:,} real embeddings, the rest "
+             "derived from them), top-5, {n_requests} requests per cell, gRPC on loopback, load generator in "
              "a second process on the same 2 cores. Targets (MiniLM): p99 ≤ 50 ms at concurrency 1, "
              "≥ 100 requests/s at concurrency 32.", ""]
     rows = []
