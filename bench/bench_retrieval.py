@@ -170,7 +170,7 @@ def render(results: list[dict], n_requests: int) -> str:
     size = results[0]["bank_size"] if results else 0
     real = results[0]["real_vectors"] if results else 0
     lines = ["## Retrieval serving (issue 2)", "",
-             f"{size:,}-phrase English bank ({real:,} real embeddings, the rest derived from them), top-5, "
+             f"{size:,}-phrase English bank ({real:,} real embeddings, the rest derived from them), top-5,"
              f" {n_requests} requests per cell, gRPC on loopback, load generator in "
              "a second process on the same 2 cores. Targets (MiniLM): p99 ≤ 50 ms at concurrency 1, "
              "≥ 100 requests/s at concurrency 32.", ""]
