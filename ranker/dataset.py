@@ -1,0 +1,324 @@
+"""Learning-to-rank data for the blender: one group of candidates per dialogue context.
+
+A group holds the reply a human actually gave (the gold), the bank's top retrieved phrases, random bank
+phrases and, optionally, generated replies. Gold is labelled 1 and the rest 0, unless human labels
+exist for the context: then labels are graded 0..3 (an unlabelled gold counts as 3).
+
+Human labels are JSONL, one judgement per line::
+
+    {"context_id": "chitchat:a07e...#5", "response": "Sounds fun, where did you go?", "label": 2}
+
+``context_id`` is ``core.corpora.ContextPair.context_id``; responses match after whitespace
+normalization and lower-casing; a labelled response missing from the pool is added to it.
+
+Splits come from :func:`core.corpora.split_of` on the conversation id, so a conversation never
+appears in two splits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from itertools import islice
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from core.atomic import atomic_write_bytes
+from core.corpora import ContextPair, split_of
+from core.text import normalize_text
+from core.types import SOURCE_BANK, Candidate, Context
+from ranker.annotators import Annotator, annotate_all, describe, feature_names
+
+log = logging.getLogger(__name__)
+
+RetrieveFn = Callable[[list[Context], str, int], list[list[Candidate]]]
+GenerateFn = Callable[[list[Context], str], list[list[Candidate]]]
+# Cosine between each context's retrieval query and each text, the same score the retriever reports.
+SimilarityFn = Callable[[list[Context], list[list[str]]], list[np.ndarray]]
+HumanLabels = dict[str, dict[str, tuple[str, int]]]  # context_id -> normalized key -> (text, label)
+MAX_LABEL = 3
+FIRST_RANK = 1.0  # the retriever's rank of its best hit
+
+
+class DatasetError(ValueError):
+    """Input that cannot become a ranking dataset; the message says what to fix."""
+
+
+@dataclass
+class BuilderConfig:
+    k_retrieved: int = 10
+    k_random: int = 10
+    seed: int = 0
+    dev_fraction: float = 0.1
+    test_fraction: float = 0.1
+    batch_size: int = 64
+
+
+@dataclass
+class RankingDataset:
+    X: np.ndarray  # float32 (rows, features), NaN = missing
+    y: np.ndarray  # float32 (rows,)
+    group_sizes: np.ndarray  # int64 (groups,)
+    feature_names: list[str]
+    context_ids: list[str]  # per group
+    conversation_ids: list[str]  # per group
+    splits: list[str]  # per group
+    texts: list[str]  # per row
+    origins: list[str]  # per row: gold / retrieved / random / generated / labelled
+    annotators: list[dict] = field(default_factory=list)
+    resources: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def data_hash(self) -> str:
+        digest = hashlib.sha256()
+        for array in (self.X, self.y, self.group_sizes):
+            digest.update(np.ascontiguousarray(array).tobytes())
+        meta = [self.feature_names, self.context_ids, self.splits, self.texts, self.origins, self.annotators]
+        digest.update(json.dumps(meta, ensure_ascii=False, sort_keys=True).encode("utf-8"))
+        return digest.hexdigest()
+
+    @property
+    def offsets(self) -> np.ndarray:
+        return np.concatenate([[0], np.cumsum(self.group_sizes)]).astype(np.int64)
+
+    def subset(self, split: str) -> RankingDataset:
+        keep = [g for g, s in enumerate(self.splits) if s == split]
+        off = self.offsets
+        rows = np.concatenate([np.arange(off[g], off[g + 1]) for g in keep]) if keep else np.empty(0, np.int64)
+        return replace(
+            self, X=self.X[rows], y=self.y[rows], group_sizes=self.group_sizes[keep],
+            context_ids=[self.context_ids[g] for g in keep],
+            conversation_ids=[self.conversation_ids[g] for g in keep], splits=[split] * len(keep),
+            texts=[self.texts[r] for r in rows], origins=[self.origins[r] for r in rows],
+        )
+
+    def save(self, path: Path) -> str:
+        """Write an .npz atomically; returns the data hash (also stored inside and checked on load)."""
+        meta = {"feature_names": self.feature_names, "annotators": self.annotators,
+                "resources": self.resources, "data_hash": self.data_hash}
+        buffer = io.BytesIO()
+        np.savez_compressed(
+            buffer, X=self.X, y=self.y, group_sizes=self.group_sizes,
+            context_ids=np.array(self.context_ids, dtype=str),
+            conversation_ids=np.array(self.conversation_ids, dtype=str),
+            splits=np.array(self.splits, dtype=str), texts=np.array(self.texts, dtype=str),
+            origins=np.array(self.origins, dtype=str), meta=np.array(json.dumps(meta, ensure_ascii=False)),
+        )
+        atomic_write_bytes(Path(path), buffer.getvalue())
+        return meta["data_hash"]
+
+    @classmethod
+    def load(cls, path: Path) -> RankingDataset:
+        with np.load(Path(path), allow_pickle=False) as npz:
+            meta = json.loads(str(npz["meta"]))
+            data = cls(
+                X=npz["X"], y=npz["y"], group_sizes=npz["group_sizes"], feature_names=meta["feature_names"],
+                context_ids=npz["context_ids"].tolist(), conversation_ids=npz["conversation_ids"].tolist(),
+                splits=npz["splits"].tolist(), texts=npz["texts"].tolist(), origins=npz["origins"].tolist(),
+                annotators=meta["annotators"], resources=meta["resources"],
+            )
+        if data.data_hash != meta["data_hash"]:
+            raise DatasetError(f"{path} does not match its recorded data hash; rebuild the dataset")
+        return data
+
+
+def _key(text: str) -> str:
+    return normalize_text(text).lower()
+
+
+def load_human_labels(path: Path) -> HumanLabels:
+    """Read the JSONL label format in the module docstring; errors name the offending line."""
+    labels: HumanLabels = {}
+    with open(path, encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                context_id, response, label = row["context_id"], row["response"], row["label"]
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise DatasetError(f"{path}:{line_no}: expected {{\"context_id\", \"response\", \"label\"}}") from exc
+            if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label <= MAX_LABEL:
+                raise DatasetError(f"{path}:{line_no}: label must be an integer 0..{MAX_LABEL}, got {label!r}")
+            labels.setdefault(str(context_id), {})[_key(str(response))] = (str(response), label)
+    return labels
+
+
+def _batches(items: Iterable[ContextPair], size: int) -> Iterator[list[ContextPair]]:
+    iterator = iter(items)
+    while batch := list(islice(iterator, size)):
+        yield batch
+
+
+@dataclass
+class _Group:
+    pair: ContextPair
+    pool: list[Candidate]
+    origins: list[str]
+    labels: list[float]
+
+
+class _Builder:
+    def __init__(self, bank: Sequence[Candidate], config: BuilderConfig, human: HumanLabels | None) -> None:
+        self.config, self.human = config, human or {}
+        self.bank_by_lang: dict[str, list[Candidate]] = {}
+        self.bank_ids: dict[str, int] = {}
+        for cand in bank:
+            self.bank_by_lang.setdefault(cand.language, []).append(cand)
+            if cand.phrase_id is not None:
+                self.bank_ids.setdefault(_key(cand.text), cand.phrase_id)
+
+    def _rng(self, pair: ContextPair, salt: int = 0) -> np.random.Generator:
+        """Per-context randomness: the same context gets the same draw whatever the batch order."""
+        seed = int(hashlib.sha1(pair.context_id.encode("utf-8")).hexdigest()[:12], 16)
+        return np.random.default_rng([self.config.seed, seed, salt])
+
+    def random_phrases(self, pair: ContextPair) -> list[Candidate]:
+        phrases = self.bank_by_lang.get(pair.language, [])
+        k = min(self.config.k_random * 2, len(phrases))
+        picks = self._rng(pair).choice(len(phrases), size=k, replace=False)
+        return [replace(phrases[i], stage_scores={}, features={}, contributions={}) for i in picks]
+
+    def group(self, pair: ContextPair, retrieved: list[Candidate], generated: list[Candidate]) -> _Group:
+        gold_key = _key(pair.response)
+        gold = Candidate(pair.response, SOURCE_BANK, pair.language, phrase_id=self.bank_ids.get(gold_key))
+        group = _Group(pair, [gold], ["gold"], [1.0])
+        seen = {gold_key}
+        for cand in retrieved:
+            if _key(cand.text) == gold_key:  # the gold itself was retrieved: keep its real scores
+                gold.stage_scores.update(cand.stage_scores)
+                gold.phrase_id = gold.phrase_id if gold.phrase_id is not None else cand.phrase_id
+        n_random = 0
+        sources = [("retrieved", c) for c in retrieved] + [("random", c) for c in self.random_phrases(pair)]
+        sources += [("generated", c) for c in generated]
+        for origin, cand in sources:
+            key = _key(cand.text)
+            if key in seen or not key or (origin == "random" and n_random >= self.config.k_random):
+                continue
+            n_random += origin == "random"
+            seen.add(key)
+            group.pool.append(cand)
+            group.origins.append(origin)
+            group.labels.append(0.0)
+        labelled = self.human.get(pair.context_id)
+        if labelled:
+            for key, (text, _) in labelled.items():
+                if key not in seen:
+                    seen.add(key)
+                    group.pool.append(Candidate(text, SOURCE_BANK, pair.language, phrase_id=self.bank_ids.get(key)))
+                    group.origins.append("labelled")
+                    group.labels.append(0.0)
+            keys = [_key(c.text) for c in group.pool]
+            default = {"gold": MAX_LABEL}
+            group.labels = [float(labelled[k][1]) if k in labelled else float(default.get(o, 0))
+                            for k, o in zip(keys, group.origins, strict=True)]
+        # Shuffled so that no learner or metric can profit from the gold sitting first when scores tie.
+        order = self._rng(pair, salt=1).permutation(len(group.pool))
+        group.pool = [group.pool[i] for i in order]
+        group.origins = [group.origins[i] for i in order]
+        group.labels = [group.labels[i] for i in order]
+        return group
+
+
+def _fill_similarity(groups: list[_Group], similarity: SimilarityFn) -> None:
+    """Give non-retrieved bank candidates the retrieval score they would have had.
+
+    Without it, gold and random phrases would be the only rows lacking a retrieval score, and the
+    blender would learn "no score = gold" instead of anything about the reply.
+    """
+    todo = [(g, [i for i, (c, o) in enumerate(zip(g.pool, g.origins, strict=True))
+                 if o != "retrieved" and c.source == SOURCE_BANK and "retrieval" not in c.stage_scores])
+            for g in groups]
+    scores = similarity([g.pair.context for g, _ in todo], [[g.pool[i].text for i in idx] for g, idx in todo])
+    for (g, idx), values in zip(todo, scores, strict=True):
+        retrieved = [(c.stage_scores.get("retrieval", np.nan), c.stage_scores.get("retrieval_rank", np.nan))
+                     for c, o in zip(g.pool, g.origins, strict=True) if o == "retrieved"]
+        base = min((r for _, r in retrieved), default=FIRST_RANK)
+        for i, value in zip(idx, values, strict=True):
+            g.pool[i].stage_scores["retrieval"] = float(value)
+            g.pool[i].stage_scores["retrieval_rank"] = base + sum(1 for cos, _ in retrieved if cos > value)
+
+
+class QueryPassageEncoder(Protocol):
+    def encode_queries(self, texts: Sequence[str]) -> np.ndarray: ...
+
+    def encode_passages(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+def encoder_similarity(encoder: QueryPassageEncoder, context_turns: int) -> SimilarityFn:
+    """The retriever's own score (query vs passage cosine) for texts it did not retrieve."""
+    def similarity(contexts: list[Context], texts: list[list[str]]) -> list[np.ndarray]:
+        queries = encoder.encode_queries([c.as_query_text(context_turns) for c in contexts])
+        flat = [t for group in texts for t in group]
+        passages = encoder.encode_passages(flat) if flat else np.empty((0, queries.shape[1]), np.float32)
+        out, start = [], 0
+        for i, group in enumerate(texts):
+            out.append(passages[start:start + len(group)] @ queries[i])
+            start += len(group)
+        return out
+    return similarity
+
+
+def build_ranking_dataset(
+    pairs: Iterable[ContextPair], annotators: Sequence[Annotator], bank: Sequence[Candidate], *,
+    retrieve: RetrieveFn | None = None, generate: GenerateFn | None = None, similarity: SimilarityFn | None = None,
+    human_labels: HumanLabels | None = None, config: BuilderConfig | None = None,
+    resources: dict[str, str] | None = None,
+) -> RankingDataset:
+    """Candidates, labels and features for every pair; groups without a single negative are skipped."""
+    config = config or BuilderConfig()
+    builder = _Builder(bank, config, human_labels)
+    names = feature_names(annotators)
+    blocks: list[np.ndarray] = []
+    groups_out: list[_Group] = []
+    skipped = 0
+    for batch in _batches(pairs, config.batch_size):
+        retrieved: dict[int, list[Candidate]] = {}
+        generated: dict[int, list[Candidate]] = {}
+        for lang in sorted({p.language for p in batch}):
+            idx = [i for i, p in enumerate(batch) if p.language == lang]
+            contexts = [batch[i].context for i in idx]
+            if retrieve is not None and config.k_retrieved > 0:
+                retrieved.update(zip(idx, retrieve(contexts, lang, config.k_retrieved), strict=True))
+            if generate is not None:
+                generated.update(zip(idx, generate(contexts, lang), strict=True))
+        groups = [builder.group(p, retrieved.get(i, []), generated.get(i, [])) for i, p in enumerate(batch)]
+        skipped += sum(len(g.pool) < 2 for g in groups)
+        groups = [g for g in groups if len(g.pool) >= 2]
+        if not groups:
+            continue
+        if similarity is not None:
+            _fill_similarity(groups, similarity)
+        blocks.extend(annotate_all(annotators, [g.pair.context for g in groups], [g.pool for g in groups]))
+        groups_out.extend(groups)
+    if not groups_out:
+        raise DatasetError("no usable context: every pool had only the gold reply; give a bank or a retriever")
+    if skipped:
+        log.warning("skipped %d contexts with no negative candidates (no bank phrases in their language?)", skipped)
+    return RankingDataset(
+        X=np.vstack(blocks).astype(np.float32), y=np.array([y for g in groups_out for y in g.labels], np.float32),
+        group_sizes=np.array([len(g.pool) for g in groups_out], np.int64), feature_names=names,
+        context_ids=[g.pair.context_id for g in groups_out],
+        conversation_ids=[g.pair.conversation_id for g in groups_out],
+        splits=[split_of(g.pair.conversation_id, config.dev_fraction, config.test_fraction) for g in groups_out],
+        texts=[c.text for g in groups_out for c in g.pool], origins=[o for g in groups_out for o in g.origins],
+        annotators=describe(annotators), resources=dict(resources or {}),
+    )
+
+
+def missingness_gaps(dataset: RankingDataset, threshold: float = 0.5) -> dict[str, tuple[float, float]]:
+    """Features whose NaN rate differs a lot between positive and negative rows: a leakage warning sign."""
+    pos = dataset.y > 0
+    gaps = {}
+    for j, name in enumerate(dataset.feature_names):
+        nan = np.isnan(dataset.X[:, j])
+        rates = (float(nan[pos].mean()) if pos.any() else 0.0, float(nan[~pos].mean()) if (~pos).any() else 0.0)
+        if abs(rates[0] - rates[1]) > threshold:
+            gaps[name] = rates
+    return gaps

@@ -1,0 +1,13 @@
+"""Built-in annotator families; importing this package registers them (see ``ranker.annotators``)."""
+
+from ranker.features import (  # noqa: F401
+    blocklist,
+    generic,
+    language,
+    lexical,
+    lm,
+    nidf,
+    retrieval,
+    specificity,
+    surface,
+)

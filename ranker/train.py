@@ -1,0 +1,137 @@
+"""Training entry point for the blender: lambdarank on the train split, early stopping on dev.
+
+Exposed as plain functions; the CLI (`repliq train blender`) builds the dataset and calls
+:func:`train_blender`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+
+from core.atomic import atomic_write_json
+from ranker.annotators import Annotator
+from ranker.blender import Blender
+from ranker.dataset import DatasetError, RankingDataset, missingness_gaps
+from ranker.idf import IdfTable
+
+log = logging.getLogger(__name__)
+
+HISTORY_NAME = "history.json"
+
+
+@dataclass
+class BlenderTrainConfig:
+    # Small, regularized trees: beyond the first few dozen rounds bigger ones only fit noise on
+    # chit-chat data (dev R@1 peaks while train R@1 keeps climbing).
+    num_leaves: int = 15
+    learning_rate: float = 0.05
+    rounds: int = 500
+    # Rounds without a dev improvement before stopping; 0 trains all ``rounds``.
+    early_stopping: int = 50
+    min_data_in_leaf: int = 50
+    feature_fraction: float = 0.9
+    bagging_fraction: float = 1.0
+    bagging_freq: int = 0
+    lambda_l2: float = 1.0
+    eval_at: tuple[int, ...] = (1, 5)
+    seed: int = 0
+    # 0 lets LightGBM use every core; training runs off the request path.
+    num_threads: int = 0
+    log_every: int = 10
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "objective": "lambdarank", "metric": "ndcg", "eval_at": list(self.eval_at),
+            "num_leaves": self.num_leaves, "learning_rate": self.learning_rate,
+            "min_data_in_leaf": self.min_data_in_leaf, "feature_fraction": self.feature_fraction,
+            "bagging_fraction": self.bagging_fraction, "bagging_freq": self.bagging_freq,
+            "lambda_l2": self.lambda_l2, "seed": self.seed, "deterministic": True,
+            "num_threads": self.num_threads, "verbosity": -1,
+        }
+
+
+def ranking_metrics(scores: np.ndarray, y: np.ndarray, group_sizes: Sequence[int]) -> dict[str, float]:
+    """Recall@1 (the top candidate has the best label), MRR of the best positive, and random R@1 for scale.
+
+    Ties are resolved by expectation over random tie-breaking, so a constant scorer scores exactly the
+    random baseline whatever the row order. Groups without a positive are skipped.
+    """
+    r1, rr, random_r1 = [], [], []
+    start = 0
+    for size in group_sizes:
+        s, labels = scores[start:start + size], y[start:start + size]
+        start += size
+        if not (labels > 0).any():
+            continue
+        best = labels.max()
+        top = s == s.max()
+        r1.append(float((labels[top] == best).sum()) / float(top.sum()))
+        target = s[labels == best].max()
+        rank = 1 + float((s > target).sum()) + float((s == target).sum() - 1) / 2
+        rr.append(1.0 / rank)
+        random_r1.append(float((labels == best).sum()) / size)
+    if not r1:
+        return {"groups": 0.0}
+    return {"r@1": float(np.mean(r1)), "mrr": float(np.mean(rr)), "random_r@1": float(np.mean(random_r1)),
+            "groups": float(len(r1))}
+
+
+def _lgb_dataset(data: RankingDataset, reference: lgb.Dataset | None = None) -> lgb.Dataset:
+    return lgb.Dataset(data.X, data.y, group=data.group_sizes, feature_name=list(data.feature_names),
+                       reference=reference, free_raw_data=False)
+
+
+def _log_rounds(every: int) -> Any:
+    def callback(env: lgb.callback.CallbackEnv) -> None:
+        if every > 0 and (env.iteration + 1) % every == 0:
+            scores = ", ".join(f"{data} {metric} {value:.4f}" for data, metric, value, _ in env.evaluation_result_list)
+            log.info("round %d: %s", env.iteration + 1, scores)
+    return callback
+
+
+def train_blender(dataset: RankingDataset, config: BlenderTrainConfig, out_dir: Path,
+                  idf: IdfTable | None = None, annotators: Sequence[Annotator] | None = None) -> dict[str, float]:
+    """Fit, evaluate on dev and test, save the blender to ``out_dir``; returns the metrics."""
+    train, dev, test = (dataset.subset(s) for s in ("train", "dev", "test"))
+    if len(train.group_sizes) == 0 or len(dev.group_sizes) == 0:
+        raise DatasetError(
+            f"need train and dev contexts (have {len(train.group_sizes)} train, {len(dev.group_sizes)} dev); "
+            "use more conversations or a larger dev_fraction"
+        )
+    if idf is not None and dataset.resources.get("idf") not in (None, idf.hash):
+        raise DatasetError("the IDF table differs from the one the dataset was built with; rebuild the dataset")
+    for name, (pos, neg) in missingness_gaps(train).items():
+        log.warning("feature %s is missing for %.0f%% of positives but %.0f%% of negatives: possible leakage",
+                    name, 100 * pos, 100 * neg)
+    params = config.params()
+    train_set = _lgb_dataset(train)
+    dev_set = _lgb_dataset(dev, reference=train_set)
+    history: dict[str, dict[str, list[float]]] = {}
+    callbacks = [lgb.record_evaluation(history), _log_rounds(config.log_every)]
+    if config.early_stopping > 0:
+        callbacks.append(lgb.early_stopping(config.early_stopping, first_metric_only=True, verbose=False))
+    booster = lgb.train(
+        params, train_set, num_boost_round=config.rounds, valid_sets=[dev_set], valid_names=["dev"],
+        callbacks=callbacks,
+    )
+    best = booster.best_iteration or booster.current_iteration()
+    booster = lgb.Booster(model_str=booster.model_to_string(num_iteration=best))
+    blender = Blender.from_booster(booster, dataset, params, annotators=annotators, idf=idf)
+    metrics: dict[str, float] = {"best_iteration": float(best), "train_groups": float(len(train.group_sizes))}
+    for split, part in (("dev", dev), ("test", test)):
+        if len(part.group_sizes):
+            values = ranking_metrics(blender.raw_scores(part.X), part.y, part.group_sizes)
+            metrics.update({f"{split}_{k}": v for k, v in values.items()})
+    log.info("blender trained: %s", ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+    blender.manifest.metrics = metrics
+    blender.manifest.training = {"config": asdict(config), "history_file": HISTORY_NAME}
+    blender.save(Path(out_dir))
+    atomic_write_json(Path(out_dir) / HISTORY_NAME, history)
+    return metrics
