@@ -71,12 +71,48 @@ class ServerConfig:
 
 
 @dataclass
+class LMConfig:
+    # A model-cache name ("gemma-3-270m", "smollm2-135m"), a path to a Hugging Face directory, or "none".
+    name: str = "gemma-3-270m"
+    # bf16 on 2 threads was the fastest setting within 2% of fp32 perplexity (docs/benchmarks.md).
+    dtype: str = "bf16"
+    # torch threads while serving (process-wide in torch). 1 keeps a core free for concurrent requests
+    # and, on a shared 2-core machine, was 3-10x faster than 2 under load; batch jobs pass their own.
+    threads: int = 1
+
+
+@dataclass
+class GenerationSettings:
+    # "off": never load the LM for serving; "on-request": load it, generate when a request asks;
+    # "always": generate for every request unless it says otherwise.
+    mode: str = "on-request"
+    n_candidates: int = 2
+    temperature: float = 0.8
+    top_p: float = 0.95
+    max_new_tokens: int = 32
+    # At most this many seconds of a request's deadline go to generation.
+    budget_s: float = 6.0
+
+
+@dataclass
+class RankerConfig:
+    # "auto": the workspace blender (artifacts/blender) when one was trained, else bank-first order;
+    # "none": never rerank; anything else: a path to a blender directory.
+    blender: str = "auto"
+    # "auto": the workspace specificity proxy (artifacts/reward-specificity) when trained; "none"; or a path.
+    specificity: str = "auto"
+
+
+@dataclass
 class Settings:
     home: Path = field(default_factory=default_home)
     models_dir: Path = field(default_factory=default_models_dir)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
+    ranker: RankerConfig = field(default_factory=RankerConfig)
+    lm: LMConfig = field(default_factory=LMConfig)
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
 
     @property
     def bank_path(self) -> Path:
@@ -90,8 +126,17 @@ class Settings:
     def artifacts_dir(self) -> Path:
         return self.home / "artifacts"
 
+    def artifact_path(self, configured: str, default_name: str) -> Path | None:
+        """Resolve an artifact setting: "none" -> None, "auto" -> the workspace default if it exists."""
+        if configured == "none":
+            return None
+        if configured == "auto":
+            path = self.artifacts_dir / default_name
+            return path if path.exists() else None
+        return Path(configured).expanduser()
 
-_SECTIONS = ("encoder", "retrieval", "server")
+
+_SECTIONS = ("encoder", "retrieval", "server", "ranker", "lm", "generation")
 
 
 def _coerce(value: Any, kind: Any, where: str) -> Any:

@@ -10,13 +10,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from core.bank.store import PhraseBank
+from core.config import Settings
+from dialog.generation.source import build_generator
+from dialog.pipeline import Pipeline
+from dialog.ranker_setup import load_blender
 from retriever.bank_index import load_index
 from retriever.bank_retriever import BankRetriever
 from retriever.encoder import Encoder
 from retriever.microbatch import MicroBatcher
-
-from core.config import Settings
-from dialog.pipeline import Pipeline
 
 
 @dataclass
@@ -45,12 +46,21 @@ def build_pipeline(settings: Settings) -> Assembled:
     retriever = BankRetriever(
         encoder, bank_index, bank, context_turns=settings.retrieval.context_turns, microbatcher=batcher
     )
+    blender = load_blender(settings, encoder)
     versions = {
         "encoder": encoder.identity,
         "bank": str(bank_index.manifest.bank_revision),
         "index": bank_index.manifest.checksum[:12],
+        "ranker": blender.version if blender is not None else "bank-first",
     }
-    pipeline = Pipeline([retriever], pool_k=settings.retrieval.pool_k, versions=versions)
+    generator = build_generator(settings)
+    if generator is not None:
+        versions["generator"] = generator.version
+    pipeline = Pipeline(
+        [retriever], pool_k=settings.retrieval.pool_k, reranker=blender, versions=versions,
+        optional_sources=[generator] if generator is not None else [],
+        optional_enabled=settings.generation.mode == "always",
+    )
 
     def close() -> None:
         if batcher is not None:

@@ -40,9 +40,17 @@ def reply_language(context: Context, hint: str = "") -> str:
     return detect_language(context.last_text)
 
 
-def bank_first(candidates: list[Candidate]) -> list[Candidate]:
-    """Fallback order without a learned reranker: bank phrases by score, then the rest by score."""
-    return sorted(candidates, key=lambda c: (c.source != SOURCE_BANK, -c.score))
+def bank_first(candidates: list[Candidate], top_k: int) -> list[Candidate]:
+    """Fallback without a learned reranker: bank phrases by score, then the other sources by score.
+
+    Scores of different sources are not comparable, so nothing is interleaved; but when other sources
+    answered, they keep up to half of the ``top_k`` slots (at least one), so asking for generation
+    never returns only bank phrases.
+    """
+    bank = sorted((c for c in candidates if c.source == SOURCE_BANK), key=lambda c: -c.score)
+    others = sorted((c for c in candidates if c.source != SOURCE_BANK), key=lambda c: -c.score)
+    kept_others = others[: min(len(others), max(1, top_k // 2))] if top_k > 0 else []
+    return bank[: max(0, top_k - len(kept_others))] + kept_others
 
 
 class Pipeline:
@@ -77,7 +85,7 @@ class Pipeline:
         if self.reranker is not None and pool:
             ranked = self.reranker.rerank(request.context, pool, explain=request.explain)
         else:
-            ranked = bank_first(pool)
+            ranked = bank_first(pool, request.top_k)
         if not request.explain:
             for candidate in ranked:
                 candidate.stage_scores = {}

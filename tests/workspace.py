@@ -8,6 +8,8 @@ from pathlib import Path
 from core.config import Settings, load_settings
 
 
-def make_settings(home: Path, models_dir: Path, **server: object) -> Settings:
+def make_settings(home: Path, models_dir: Path, generation: str = "off", **server: object) -> Settings:
+    """Generation is off unless asked for: loading the LM costs seconds most tests do not need."""
     settings = load_settings(environ={"REPLIQ_HOME": str(home), "REPLIQ_MODELS": str(models_dir)})
-    return replace(settings, server=replace(settings.server, port=0, **server))
+    return replace(settings, server=replace(settings.server, port=0, **server),
+                   generation=replace(settings.generation, mode=generation))

@@ -93,6 +93,16 @@ def register(commands: argparse._SubParsersAction) -> None:
         _add_who(cmd)
         cmd.set_defaults(func=run_set_status, status=status)
 
+    score = sub.add_parser(
+        "score", help="score every approved phrase with the LM (resumable; only changed phrases are rescored)",
+        description="Stores unconditional log-probabilities per phrase version and LM in the bank. "
+        "Safe to interrupt: each batch is committed, and a rerun continues where it stopped.")
+    score.add_argument("--lm", help="LM name or directory (default: [lm] name from the config)")
+    score.add_argument("--dtype", choices=("fp32", "bf16", "int8"), help="default: [lm] dtype from the config")
+    score.add_argument("--batch-size", type=int, default=32)
+    score.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
+    score.set_defaults(func=run_score)
+
     history = sub.add_parser("history", help="the change history of one phrase, or of the whole bank")
     history.add_argument("id", type=int, nargs="?")
     history.add_argument("--limit", type=int, default=20)
@@ -178,6 +188,18 @@ def run_set_status(args: argparse.Namespace, settings: Settings) -> int:
     with _open(settings) as bank:
         phrase = bank.update(args.id, who=_who(args), why=args.why, status=args.status)
     print(f"phrase {phrase.id} is {phrase.status}; run `repliq index build` to apply it to the index")
+    return 0
+
+
+def run_score(args: argparse.Namespace, settings: Settings) -> int:
+    from core.lm.bank_scores import score_bank
+    from core.lm.wrapper import DecoderLM, LMOptions
+
+    options = LMOptions(dtype=args.dtype or settings.lm.dtype, threads=args.threads or None)
+    lm = DecoderLM.from_cache(args.lm or settings.lm.name, settings.models_dir, options)
+    with _open(settings) as bank:
+        report = score_bank(bank, lm, batch_size=args.batch_size, progress=True)
+    print(report.summary())
     return 0
 
 

@@ -7,6 +7,7 @@ default bank is exercised by `scripts/demo`.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ def real_home(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     from retriever.bank_index import build_index
     from retriever.encoder import Encoder
 
-    prepare(["e5-small"], models_dir)
+    prepare(["e5-small", "gemma-3-270m"], models_dir)
     home = tmp_path_factory.mktemp("real-home")
     settings = make_settings(home, models_dir)
     with PhraseBank(settings.bank_path) as bank:
@@ -38,7 +39,9 @@ def real_server(real_home: Path, models_dir: Path) -> Iterator[tuple[Settings, i
     from dialog.assembly import build_pipeline
     from dialog.server import start_server
 
-    settings = make_settings(real_home, models_dir)
+    settings = make_settings(real_home, models_dir, generation="on-request")
+    # A generous generation budget: CI machines are slow and shared; the deadline logic is what is tested.
+    settings = replace(settings, generation=replace(settings.generation, budget_s=20.0))
     assembled = build_pipeline(settings)
     running = start_server(assembled.pipeline, settings.server, settings.retrieval.top_k)
     yield settings, running.port

@@ -75,6 +75,21 @@ def test_explain_returns_retrieval_stage(client: ChatClient) -> None:
     assert first.stage_scores["retrieval_rank"] == 1
 
 
+def test_generated_candidate_beside_bank_phrases_within_deadline(client: ChatClient) -> None:
+    started = time.monotonic()
+    reply = client.respond([("user", "Я вчера ходил в поход в горы, было здорово!")], generate=True, top_k=10,
+                           timeout_s=40)
+    elapsed = time.monotonic() - started
+    sources = [c.source for c in reply.candidates]
+    assert elapsed < 25 and "bank" in sources
+    assert "generated" in sources, "no generated reply within the budget"
+    generated = [c for c in reply.candidates if c.source == "generated"]
+    assert all(c.language == "ru" and c.phrase_id == 0 for c in generated)
+    assert sources.index("generated") > sources.index("bank"), "without a reranker bank phrases come first"
+    assert reply.versions.generator.startswith("gemma-3-270m@")
+    assert "generated" not in [c.source for c in client.respond([("user", "Привет!")], top_k=10).candidates]
+
+
 def test_bad_input_is_invalid_argument(client: ChatClient) -> None:
     with pytest.raises(grpc.RpcError) as info:
         client.respond([("user", "")])
@@ -144,7 +159,7 @@ def free_port() -> int:
 def test_cli_serve_ask_and_sigterm_drain(real_home: Path, models_dir: Path) -> None:
     port = free_port()
     env = {**os.environ, "REPLIQ_HOME": str(real_home), "REPLIQ_MODELS": str(models_dir),
-           "REPLIQ_SERVER_MAX_WORKERS": "4"}
+           "REPLIQ_SERVER_MAX_WORKERS": "4", "REPLIQ_GENERATION_MODE": "off"}
     repliq = [sys.executable, "-m", "dialog.cli"]
     server = subprocess.Popen([*repliq, "serve", "--port", str(port)], env=env, stderr=subprocess.PIPE, text=True)
     try:

@@ -1,0 +1,104 @@
+"""`repliq train blender`: corpora -> candidate pools from the live bank -> features -> LightGBM.
+
+Straight-line on purpose (read it top to bottom): every step is a call into a lower floor, and the
+only decisions made here are which corpora to read and which resources the features get.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core.bank.store import PhraseBank
+from core.config import Settings
+from core.corpora import (
+    ContextPair,
+    Dialogue,
+    context_response_pairs,
+    read_anekdot_dialogues,
+    read_chitchat,
+    read_jsonl_dialogues,
+)
+from core.types import SOURCE_BANK, Candidate
+from dialog.ranker_setup import BLENDER_DIR, annotator_resources
+from ranker.annotators import build_annotators
+from ranker.dataset import BuilderConfig, build_ranking_dataset, encoder_similarity
+from ranker.idf import IdfTable
+from ranker.train import BlenderTrainConfig, train_blender
+from retriever.bank_index import load_index
+from retriever.bank_retriever import BankRetriever
+from retriever.encoder import Encoder
+
+log = logging.getLogger("repliq.train")
+
+
+@dataclass
+class BlenderCorpora:
+    # English chit-chat from the chitchat-dataset package (conversations to read; 0 = none).
+    chitchat_conversations: int = 1500
+    # Russian dialogues in the Koziev anekdot format (.tar.xz or .txt); optional.
+    russian_dialogues: Path | None = None
+    russian_conversations: int = 3000
+    # Any corpora in the documented JSONL dialogue format (core/corpora.py).
+    jsonl: list[Path] = field(default_factory=list)
+    # Contexts kept per language, sampled with a fixed seed.
+    max_pairs_per_language: int = 2500
+    seed: int = 0
+
+
+def read_corpora(corpora: BlenderCorpora) -> list[Dialogue]:
+    dialogues: list[Dialogue] = []
+    if corpora.chitchat_conversations > 0:
+        dialogues += list(read_chitchat(limit=corpora.chitchat_conversations))
+    if corpora.russian_dialogues is not None:
+        dialogues += list(read_anekdot_dialogues(corpora.russian_dialogues, limit=corpora.russian_conversations))
+    for path in corpora.jsonl:
+        dialogues += list(read_jsonl_dialogues(path))
+    if not dialogues:
+        raise ValueError("no training dialogues: enable chitchat or pass --russian / --corpus files")
+    return dialogues
+
+
+def sample_pairs(dialogues: Iterable[Dialogue], languages: Sequence[str], per_language: int, context_turns: int,
+                 seed: int) -> list[ContextPair]:
+    by_language: dict[str, list[ContextPair]] = {}
+    for pair in context_response_pairs(dialogues, context_turns=context_turns):
+        if pair.language in languages:
+            by_language.setdefault(pair.language, []).append(pair)
+    chosen: list[ContextPair] = []
+    for language, pairs in sorted(by_language.items()):
+        random.Random(f"{seed}:{language}").shuffle(pairs)
+        chosen += pairs[:per_language]
+        log.info("training contexts for %s: %d of %d", language, min(per_language, len(pairs)), len(pairs))
+    return chosen
+
+
+def train_workspace_blender(settings: Settings, corpora: BlenderCorpora, config: BlenderTrainConfig,
+                            builder: BuilderConfig | None = None, out_dir: Path | None = None) -> dict[str, float]:
+    out_dir = out_dir or settings.artifacts_dir / BLENDER_DIR
+    with PhraseBank(settings.bank_path) as bank:
+        encoder = Encoder.from_config(settings)
+        bank_index = load_index(settings, encoder, bank)
+        retriever = BankRetriever(encoder, bank_index, bank, context_turns=settings.retrieval.context_turns)
+        approved = bank.phrases(status="approved")
+        bank_candidates = [Candidate(text=p.text, source=SOURCE_BANK, language=p.language, phrase_id=p.id)
+                           for p in approved]
+        dialogues = read_corpora(corpora)
+        pairs = sample_pairs(dialogues, bank_index.languages, corpora.max_pairs_per_language,
+                             settings.retrieval.context_turns, corpora.seed)
+        corpus_texts = (turn.text for dialogue in dialogues for turn in dialogue.turns)
+        idf = IdfTable.build(itertools.chain((p.text for p in approved), corpus_texts))
+        resources, descriptor = annotator_resources(settings, encoder, idf)
+        annotators = build_annotators(resources)
+        dataset = build_ranking_dataset(
+            pairs, annotators, bank_candidates, retrieve=retriever.retrieve_many,
+            similarity=encoder_similarity(encoder, settings.retrieval.context_turns),
+            config=builder or BuilderConfig(), resources={"idf": idf.hash, **descriptor},
+        )
+        log.info("ranking dataset: %d groups, %d rows, %d features", len(dataset.group_sizes), len(dataset.y),
+                 len(dataset.feature_names))
+        return train_blender(dataset, config, out_dir, idf=idf, annotators=annotators)
