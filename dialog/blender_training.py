@@ -7,12 +7,16 @@ only decisions made here are which corpora to read and which resources the featu
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tqdm import tqdm
+
+from core.atomic import atomic_directory, atomic_write_text
 from core.bank.store import PhraseBank
 from core.config import Settings
 from core.corpora import (
@@ -23,10 +27,10 @@ from core.corpora import (
     read_chitchat,
     read_jsonl_dialogues,
 )
-from core.types import SOURCE_BANK, Candidate
+from core.types import SOURCE_BANK, Candidate, Context, Turn
 from dialog.ranker_setup import BLENDER_DIR, annotator_resources
 from ranker.annotators import build_annotators
-from ranker.dataset import BuilderConfig, build_ranking_dataset, encoder_similarity
+from ranker.dataset import BuilderConfig, RankingDataset, build_ranking_dataset, encoder_similarity
 from ranker.idf import IdfTable
 from ranker.train import BlenderTrainConfig, train_blender
 from retriever.bank_index import load_index
@@ -34,6 +38,7 @@ from retriever.bank_retriever import BankRetriever
 from retriever.encoder import Encoder
 
 log = logging.getLogger("repliq.train")
+DATA_SUFFIX = "-data"
 
 
 @dataclass
@@ -94,11 +99,37 @@ def train_workspace_blender(settings: Settings, corpora: BlenderCorpora, config:
         idf = IdfTable.build(itertools.chain((p.text for p in approved), corpus_texts))
         resources, descriptor = annotator_resources(settings, encoder, idf)
         annotators = build_annotators(resources)
-        dataset = build_ranking_dataset(
-            pairs, annotators, bank_candidates, retrieve=retriever.retrieve_many,
-            similarity=encoder_similarity(encoder, settings.retrieval.context_turns),
-            config=builder or BuilderConfig(), resources={"idf": idf.hash, **descriptor},
-        )
+        with tqdm(total=len(pairs), desc="building ranking data", unit="context") as bar:
+            dataset = build_ranking_dataset(
+                pairs, annotators, bank_candidates, retrieve=retriever.retrieve_many,
+                similarity=encoder_similarity(encoder, settings.retrieval.context_turns),
+                config=builder or BuilderConfig(), resources={"idf": idf.hash, **descriptor}, progress=bar.update,
+            )
         log.info("ranking dataset: %d groups, %d rows, %d features", len(dataset.group_sizes), len(dataset.y),
                  len(dataset.feature_names))
+        save_training_data(out_dir.with_name(out_dir.name + DATA_SUFFIX), dataset, pairs)
         return train_blender(dataset, config, out_dir, idf=idf, annotators=annotators)
+
+
+def save_training_data(directory: Path, dataset: RankingDataset, pairs: Sequence[ContextPair]) -> None:
+    """The ranking data and its contexts, kept beside the blender: RL tuning and evaluation reuse them."""
+    wanted = set(dataset.context_ids)
+    rows = [{"context_id": p.context_id, "language": p.language, "response": p.response,
+             "turns": [{"speaker": t.speaker, "text": t.text} for t in p.context.turns]}
+            for p in pairs if p.context_id in wanted]
+    with atomic_directory(directory) as scratch:
+        dataset.save(scratch / "dataset.npz")
+        atomic_write_text(scratch / "contexts.jsonl",
+                          "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+
+def load_training_data(directory: Path) -> tuple[RankingDataset, dict[str, Context], dict[str, str]]:
+    """The saved ranking data, contexts by id and each context's language."""
+    dataset = RankingDataset.load(directory / "dataset.npz")
+    contexts: dict[str, Context] = {}
+    languages: dict[str, str] = {}
+    for line in (directory / "contexts.jsonl").read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        contexts[row["context_id"]] = Context(tuple(Turn(t["speaker"], t["text"]) for t in row["turns"]))
+        languages[row["context_id"]] = row["language"]
+    return dataset, contexts, languages

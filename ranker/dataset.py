@@ -269,9 +269,12 @@ def build_ranking_dataset(
     pairs: Iterable[ContextPair], annotators: Sequence[Annotator], bank: Sequence[Candidate], *,
     retrieve: RetrieveFn | None = None, generate: GenerateFn | None = None, similarity: SimilarityFn | None = None,
     human_labels: HumanLabels | None = None, config: BuilderConfig | None = None,
-    resources: dict[str, str] | None = None,
+    resources: dict[str, str] | None = None, progress: Callable[[int], None] | None = None,
 ) -> RankingDataset:
-    """Candidates, labels and features for every pair; groups without a single negative are skipped."""
+    """Candidates, labels and features for every pair; groups without a single negative are skipped.
+
+    ``progress`` is called with the number of pairs done after each batch (encoding dominates the time).
+    """
     config = config or BuilderConfig()
     builder = _Builder(bank, config, human_labels)
     names = feature_names(annotators)
@@ -297,6 +300,8 @@ def build_ranking_dataset(
             _fill_similarity(groups, similarity)
         blocks.extend(annotate_all(annotators, [g.pair.context for g in groups], [g.pool for g in groups]))
         groups_out.extend(groups)
+        if progress is not None:
+            progress(len(batch))
     if not groups_out:
         raise DatasetError("no usable context: every pool had only the gold reply; give a bank or a retriever")
     if skipped:
