@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from core.atomic import atomic_directory, atomic_write_text
@@ -33,7 +34,7 @@ from ranker.annotators import build_annotators
 from ranker.dataset import BuilderConfig, RankingDataset, build_ranking_dataset, encoder_similarity
 from ranker.idf import IdfTable
 from ranker.train import BlenderTrainConfig, train_blender
-from retriever.bank_index import load_index
+from retriever.bank_index import BankIndex, load_index
 from retriever.bank_retriever import BankRetriever
 from retriever.encoder import Encoder
 
@@ -82,13 +83,49 @@ def sample_pairs(dialogues: Iterable[Dialogue], languages: Sequence[str], per_la
     return chosen
 
 
+class ReusingEncoder:
+    """The encoder as the dataset builder uses it, without re-encoding what is already known.
+
+    Bank phrases already have vectors in the index, and each context's query is needed twice (to
+    retrieve and to score the gold and random phrases); encoding dominates the build, so both are
+    looked up instead of recomputed.
+    """
+
+    def __init__(self, encoder: Encoder, bank_index: BankIndex) -> None:
+        self.encoder = encoder
+        self.dim = encoder.dim
+        self.identity = encoder.identity
+        self._passages: dict[str, np.ndarray] = {}
+        for language in bank_index.languages:
+            shard = bank_index.shard(language)
+            ids = shard.ids.tolist()
+            for pid, vector in zip(ids, shard.vectors(ids), strict=True):
+                info = bank_index.phrase(pid)
+                if info is not None:
+                    self._passages[info.text] = vector
+        self._queries: dict[str, np.ndarray] = {}
+
+    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
+        missing = [t for t in dict.fromkeys(texts) if t not in self._queries]
+        if missing:
+            self._queries.update(zip(missing, self.encoder.encode_queries(missing), strict=True))
+        return np.stack([self._queries[t] for t in texts]) if texts else np.empty((0, self.dim), np.float32)
+
+    def encode_passages(self, texts: Sequence[str]) -> np.ndarray:
+        missing = [t for t in dict.fromkeys(texts) if t not in self._passages]
+        fresh = dict(zip(missing, self.encoder.encode_passages(missing), strict=True)) if missing else {}
+        vectors = [self._passages[t] if t in self._passages else fresh[t] for t in texts]
+        return np.stack(vectors) if vectors else np.empty((0, self.dim), np.float32)
+
+
 def train_workspace_blender(settings: Settings, corpora: BlenderCorpora, config: BlenderTrainConfig,
                             builder: BuilderConfig | None = None, out_dir: Path | None = None) -> dict[str, float]:
     out_dir = out_dir or settings.artifacts_dir / BLENDER_DIR
     with PhraseBank(settings.bank_path) as bank:
         encoder = Encoder.from_config(settings)
         bank_index = load_index(settings, encoder, bank)
-        retriever = BankRetriever(encoder, bank_index, bank, context_turns=settings.retrieval.context_turns)
+        reusing = ReusingEncoder(encoder, bank_index)
+        retriever = BankRetriever(reusing, bank_index, bank, context_turns=settings.retrieval.context_turns)
         approved = bank.phrases(status="approved")
         bank_candidates = [Candidate(text=p.text, source=SOURCE_BANK, language=p.language, phrase_id=p.id)
                            for p in approved]
@@ -102,7 +139,7 @@ def train_workspace_blender(settings: Settings, corpora: BlenderCorpora, config:
         with tqdm(total=len(pairs), desc="building ranking data", unit="context") as bar:
             dataset = build_ranking_dataset(
                 pairs, annotators, bank_candidates, retrieve=retriever.retrieve_many,
-                similarity=encoder_similarity(encoder, settings.retrieval.context_turns),
+                similarity=encoder_similarity(reusing, settings.retrieval.context_turns),
                 config=builder or BuilderConfig(), resources={"idf": idf.hash, **descriptor}, progress=bar.update,
             )
         log.info("ranking dataset: %d groups, %d rows, %d features", len(dataset.group_sizes), len(dataset.y),
