@@ -1,0 +1,191 @@
+"""`repliq rl tune`: the supervised blender becomes a policy tuned toward sensible *and* specific replies.
+
+Straight-line: load π_ref (the supervised blender) and the data it was trained on, compute rewards
+with the distilled proxy gated by relevance, tune for each β, and judge every policy on held-out
+dev contexts with the LM **teacher** (not the proxy it was tuned on) and with R@1 against the gold
+reply. The run for the main β is saved as a servable blender; the others feed the Pareto plot.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.atomic import atomic_write_json, atomic_write_text
+from core.config import Settings
+from core.lm.wrapper import DecoderLM, LMOptions
+from core.types import Context
+from dialog.blender_training import DATA_SUFFIX, load_training_data
+from dialog.ranker_setup import BLENDER_DIR, SPECIFICITY_DIR, annotator_resources
+from ranker.blender import Blender
+from retriever.encoder import Encoder
+from rl.plots import plot_history, plot_pareto
+from rl.policy import Groups, group_argmax
+from rl.proxy import load_specificity_proxy
+from rl.relevance import load_relevance_model
+from rl.rewards import RewardConfig, RewardModel, proxy_specificity
+from rl.teacher import TeacherCache, TeacherScorer, default_cache_path
+from rl.tune import PolicyTuneConfig, tune_policy
+
+log = logging.getLogger("repliq.rl")
+RELEVANCE_DIR = "reward-relevance"
+TUNED_DIR = "blender-rl"
+
+
+@dataclass
+class RLRunConfig:
+    betas: tuple[float, ...] = (0.05, 0.2, 1.0)
+    main_beta: float = 0.2
+    alpha: float = 0.02
+    iterations: int = 4
+    rounds_per_iteration: int = 15
+    learning_rate: float = 0.1
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    # Dev candidates sampled to measure the teacher's spread (the unit of "sd" in the targets).
+    teacher_reference: int = 400
+    samples_in_report: int = 20
+    seed: int = 0
+
+
+def _top1_texts(scores: np.ndarray, sizes: np.ndarray, texts: Sequence[str]) -> list[str]:
+    return [texts[int(i)] for i in group_argmax(scores, sizes)]
+
+
+def _r_at_1(scores: np.ndarray, sizes: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per pool: 1 when the policy's top candidate is a best-labelled one (the gold reply)."""
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    best = np.maximum.reduceat(y, starts)
+    return (y[group_argmax(scores, sizes)] >= best).astype(np.float64) * (best > 0)
+
+
+class DevJudge:
+    """Held-out metrics for any scores over the dev pools, per language: R@1 and teacher specificity."""
+
+    def __init__(self, dev: Any, contexts: list[Context], languages: list[str], teacher: Callable,
+                 config: RLRunConfig) -> None:
+        self.dev, self.contexts, self.languages, self.teacher = dev, contexts, np.array(languages), teacher
+        rng = random.Random(config.seed)
+        owners = np.repeat(np.arange(len(contexts)), dev.group_sizes)
+        sample = rng.sample(range(len(dev.texts)), min(config.teacher_reference, len(dev.texts)))
+        reference = np.asarray(teacher([contexts[owners[i]] for i in sample], [dev.texts[i] for i in sample]))
+        self.teacher_mean, self.teacher_sd = float(reference.mean()), float(reference.std() or 1.0)
+
+    def top1_teacher(self, scores: np.ndarray) -> np.ndarray:
+        texts = _top1_texts(scores, self.dev.group_sizes, self.dev.texts)
+        return (np.asarray(self.teacher(self.contexts, texts)) - self.teacher_mean) / self.teacher_sd
+
+    def metrics(self, scores: np.ndarray) -> dict[str, float]:
+        r1 = _r_at_1(scores, self.dev.group_sizes, self.dev.y)
+        spec = self.top1_teacher(scores)
+        out = {"r_at_1": float(r1.mean()), "teacher_specificity_z": float(spec.mean())}
+        for language in sorted(set(self.languages)):
+            mask = self.languages == language
+            out[f"r_at_1_{language}"] = float(r1[mask].mean())
+            out[f"teacher_specificity_z_{language}"] = float(spec[mask].mean())
+        return out
+
+
+def run_rl_tune(settings: Settings, config: RLRunConfig, out_dir: Path | None = None,
+                progress: Callable[[dict[str, float]], None] | None = None) -> dict[str, Any]:
+    out_dir = out_dir or settings.artifacts_dir / "rl-run"
+    encoder = Encoder.from_config(settings)
+    resources, _ = annotator_resources(settings, encoder)
+    blender_dir = settings.artifact_path(settings.ranker.blender, BLENDER_DIR) or settings.artifacts_dir / BLENDER_DIR
+    reference = Blender.load(blender_dir, resources)
+    dataset, contexts_by_id, languages_by_id = load_training_data(blender_dir.with_name(BLENDER_DIR + DATA_SUFFIX))
+    train, dev = dataset.subset("train"), dataset.subset("dev")
+
+    proxy = load_specificity_proxy(settings.artifacts_dir / SPECIFICITY_DIR, encoder)
+    relevance = load_relevance_model(settings.artifacts_dir / RELEVANCE_DIR, encoder)
+    reward = RewardModel(relevance, proxy_specificity(proxy), config.reward)
+    train_contexts = [contexts_by_id[cid] for cid in train.context_ids]
+    owners = np.repeat(np.arange(len(train_contexts)), train.group_sizes)
+    reward.fit_reference([train_contexts[o] for o in owners], list(train.texts))
+    train_rewards = reward.dataset_rewards(train, contexts_by_id).total
+    dev_parts = reward.dataset_rewards(dev, contexts_by_id)
+
+    lm = DecoderLM.from_cache(proxy.config.teacher_lm or settings.lm.name, settings.models_dir,
+                              LMOptions(dtype=settings.lm.dtype))
+    teacher = TeacherScorer(lm, proxy.config.teacher, TeacherCache(default_cache_path()))
+    dev_contexts = [contexts_by_id[cid] for cid in dev.context_ids]
+    judge = DevJudge(dev, dev_contexts, [languages_by_id[cid] for cid in dev.context_ids], teacher, config)
+    eval_fns = {"r_at_1": lambda s, _g: float(_r_at_1(s, dev.group_sizes, dev.y).mean()),
+                "teacher_specificity_z": lambda s, _g: float(judge.top1_teacher(s).mean())}
+    train_groups, dev_groups = Groups(train.X, train.group_sizes), Groups(dev.X, dev.group_sizes)
+    ref_scores = reference.raw_scores(dev.X)
+    report: dict[str, Any] = {"config": asdict(config), "reference": judge.metrics(ref_scores), "runs": {},
+                              "reward": reward.state(), "dev_groups": len(dev.group_sizes),
+                              "teacher": {"definition": proxy.config.teacher, "lm": lm.lm_id,
+                                          "reference_mean": judge.teacher_mean, "reference_sd": judge.teacher_sd}}
+    tuned_main = None
+    for beta in sorted(set(config.betas) | {config.main_beta}):
+        tune_config = PolicyTuneConfig(beta=beta, alpha=config.alpha, iterations=config.iterations,
+                                       rounds_per_iteration=config.rounds_per_iteration,
+                                       learning_rate=config.learning_rate, seed=config.seed)
+        result = tune_policy(reference.booster, train_groups, dev_groups, train_rewards, eval_fns, tune_config,
+                             progress, dev_rewards=dev_parts.total, out_dir=out_dir / f"beta-{beta:g}")
+        scores = result.predict(dev.X)
+        final = judge.metrics(scores)
+        disagreement = _top_disagreement(scores, dev.group_sizes, dev_parts.disagreement)
+        report["runs"][f"{beta:g}"] = {"history": result.history, "final": final,
+                                       "proxy_disagreement_top1": disagreement}
+        plot_history(result.history, out_dir / f"curves-beta-{beta:g}.png")
+        if beta == config.main_beta:
+            tuned_main = result
+    points = [{"beta": float(b), "dev_specificity": run["final"]["teacher_specificity_z"],
+               "dev_r_at_1": run["final"]["r_at_1"]} for b, run in report["runs"].items()]
+    plot_pareto(points, out_dir / "pareto.png")
+    assert tuned_main is not None
+    tuned = Blender.from_booster(tuned_main.booster, dataset, reference.manifest.params,
+                                 annotators=reference.annotators, parent=reference.version, idf=reference.idf)
+    tuned.manifest.resources = dict(reference.manifest.resources)
+    tuned.manifest.training = {"rl": {"beta": config.main_beta, "alpha": config.alpha,
+                                      "reward": asdict(config.reward), "teacher": proxy.config.teacher},
+                               "reference": reference.version}
+    tuned.manifest.metrics = report["runs"][f"{config.main_beta:g}"]["final"]
+    tuned.save(settings.artifacts_dir / TUNED_DIR)
+    report["tuned_blender"] = str(settings.artifacts_dir / TUNED_DIR)
+    report["samples"] = _samples(ref_scores, tuned_main.predict(dev.X), dev, dev_contexts, config)
+    report["targets"] = _targets(report, config)
+    atomic_write_json(out_dir / "report.json", report)
+    atomic_write_text(out_dir / "samples.md", _samples_markdown(report["samples"]))
+    return report
+
+
+def _top_disagreement(scores: np.ndarray, sizes: np.ndarray, disagreement: np.ndarray) -> float:
+    """Proxy-ensemble spread at the chosen answers: a rise means the policy left the proxy's data."""
+    return float(np.mean(disagreement[group_argmax(scores, sizes)]))
+
+
+def _samples(ref: np.ndarray, tuned: np.ndarray, dev: Any, contexts: list[Context],
+             config: RLRunConfig) -> list[dict[str, str]]:
+    ref_texts = _top1_texts(ref, dev.group_sizes, dev.texts)
+    tuned_texts = _top1_texts(tuned, dev.group_sizes, dev.texts)
+    changed = [i for i in range(len(contexts)) if ref_texts[i] != tuned_texts[i]]
+    rng = random.Random(config.seed)
+    chosen = sorted(rng.sample(changed, min(config.samples_in_report, len(changed))))
+    return [{"context": contexts[i].last_text, "reference": ref_texts[i], "tuned": tuned_texts[i]} for i in chosen]
+
+
+def _samples_markdown(samples: list[dict[str, str]]) -> str:
+    lines = ["| context | π_ref answer | tuned answer |", "|---|---|---|"]
+    lines += [f"| {s['context']} | {s['reference']} | {s['tuned']} |".replace("\n", " ") for s in samples]
+    return "\n".join(lines) + "\n"
+
+
+def _targets(report: dict[str, Any], config: RLRunConfig) -> dict[str, Any]:
+    ref, final = report["reference"], report["runs"][f"{config.main_beta:g}"]["final"]
+    out: dict[str, Any] = {}
+    for key in [k for k in ref if k.startswith("teacher_specificity_z")]:
+        suffix = key[len("teacher_specificity_z"):]
+        gain = final[key] - ref[key]
+        drop = ref[f"r_at_1{suffix}"] - final[f"r_at_1{suffix}"]
+        out[suffix.strip("_") or "all"] = {"specificity_gain_sd": gain, "r_at_1_drop": drop,
+                                           "met": bool(gain >= 0.3 and drop <= 0.02)}
+    return out
