@@ -24,10 +24,11 @@ def register(commands: argparse._SubParsersAction) -> None:
 def run_build(args: argparse.Namespace, settings: Settings) -> int:
     from dataclasses import replace
 
+    from tqdm import tqdm
+
     from core.bank.store import PhraseBank
     from retriever.bank_index import build_index, update_index
     from retriever.encoder import Encoder
-    from tqdm import tqdm
 
     if args.encoder:
         settings = replace(settings, encoder=replace(settings.encoder, name=args.encoder))

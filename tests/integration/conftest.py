@@ -11,9 +11,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from workspace import make_settings
 
 from core.config import Settings
+
+from workspace import make_settings
 
 
 @pytest.fixture(scope="session")

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import grpc
 import pytest
-from workspace import make_settings
 
 from core.bank.store import PhraseBank
 from core.config import Settings
 from dialog.client import ChatClient
+
+from workspace import make_settings
 
 pytestmark = pytest.mark.real
 

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny_models import build_tiny_encoder
 
 from core.config import Settings
 from core.types import Context, Turn
@@ -31,6 +30,8 @@ from retriever.bank_retriever import BankRetriever
 from retriever.encoder import Encoder
 from retriever.index import VectorIndex
 from retriever.microbatch import MicroBatcher
+
+from tiny_models import build_tiny_encoder
 
 EN_WORDS = ["weather", "coffee", "music", "travel", "books", "football", "cats", "work", "movies", "rain"]
 RU_WORDS = ["погода", "кофе", "музыка", "поездка", "книги", "футбол", "кошки", "работа", "кино", "дождь"]

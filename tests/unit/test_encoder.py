@@ -10,11 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny_models import build_tiny_encoder
 
 from core.config import EncoderConfig, Settings
 from core.models.manifest import MANIFEST_NAME, ModelManifest
 from retriever.encoder import Encoder
+
+from tiny_models import build_tiny_encoder
 
 TEXTS = ["hello there", "как дела?", "a much longer sentence, with punctuation!", "ok"]
 

@@ -1,0 +1,127 @@
+"""Fine-tune the bi-encoder and compare it with BM25 and the off-the-shelf encoder on both dev sets.
+
+    python -m bench.bench_ranking train [--per-language 2000] [--hard-negatives]
+    python -m bench.bench_ranking eval [--encoders e5-small e5-small-ft] [--n 500] [--bank-size 2000]
+                                       [--merge earlier_report.json]
+
+Development only: it reads the shared data folder (``../shared/data``). Results go to
+``bench/results/ranking_eval.{json,md,png}`` and the training report to the work directory; the
+Markdown table is printed for docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from core.config import default_models_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+RUSSIAN = SHARED / "ru" / "koziev_anekdot_dialogues.tar.xz"
+TOPICALCHAT = SHARED / "topicalchat_valid"
+RESULTS = ROOT / "bench" / "results"
+
+
+def encoder_dir(name: str, models_dir: Path) -> Path:
+    """A packaged name through the registry, else a fine-tuned model in the cache, else a path."""
+    from core.models.registry import ModelNotPrepared, resolve
+
+    try:
+        return resolve(name, models_dir)
+    except ModelNotPrepared:
+        if (models_dir / name).is_dir():
+            return models_dir / name
+        raise
+
+
+def train(args: argparse.Namespace) -> None:
+    from retriever.encoder import Encoder
+    from retriever.pairs import bilingual_pairs, cached_pairs, mine_hard_negatives, pairs_hash
+    from retriever.train import RetrieverTrainConfig, train_retriever
+
+    config = RetrieverTrainConfig(base=args.base, name=args.name, max_seq_length=args.max_seq_length,
+                                  batch_size=args.batch_size, learning_rate=args.lr, num_threads=args.threads)
+    splits = bilingual_pairs({"train": args.per_language, "dev": args.dev_per_language}, args.russian,
+                             seed=config.seed)
+    pairs = splits["train"]
+    if args.hard_negatives:
+        base = Encoder(encoder_dir(args.base, args.models_dir), device="cpu")
+        pairs = cached_pairs(args.work / "mined_pairs.json", pairs_hash(pairs),
+                             lambda: mine_hard_negatives(splits["train"], base, seed=config.seed))
+    result = train_retriever(config, pairs, args.models_dir, args.work, dev_pairs=splits["dev"], say=print)
+    print(f"model: {result.model_dir}\nreport: {result.report_path}\nplot: {result.plot_path}")
+    print("metrics:", result.manifest.extra["metrics"])
+
+
+def merge_reports(old: dict, new: dict) -> dict:
+    """Scorers of an earlier run on the very same datasets, so a new model is compared without rerunning the rest."""
+    if old["datasets"] != new["datasets"]:
+        raise SystemExit("the earlier report was built on other datasets (size, seed or bank); rerun every scorer")
+    kept = [name for name in old["scorers"] if name not in new["scorers"]]
+    results = {name: {**{s: old["results"][name][s] for s in kept}, **scores}
+               for name, scores in new["results"].items()}
+    return {**new, "scorers": kept + new["scorers"], "results": results, "merged_from": old["created"]}
+
+
+def evaluate(args: argparse.Namespace) -> None:
+    from ranker.evaluation import (
+        BiEncoderScorer,
+        BM25Scorer,
+        evaluate_ranking,
+        ranking_table,
+        russian_dataset,
+        topicalchat_dataset,
+        write_report,
+    )
+    from retriever.encoder import Encoder
+
+    options = {"n_contexts": args.n, "bank_size": args.bank_size or None, "seed": args.seed}
+    datasets = [russian_dataset(args.russian, **options), topicalchat_dataset(args.topicalchat, **options)]
+    scorers = [BM25Scorer()]
+    threads = args.threads or None
+    scorers += [BiEncoderScorer(Encoder(encoder_dir(name, args.models_dir), device="cpu", num_threads=threads), name)
+                for name in args.encoders]
+    report = evaluate_ranking(datasets, scorers, say=print)
+    if args.merge:
+        report = merge_reports(json.loads(args.merge.read_text(encoding="utf-8")), report)
+    paths = write_report(report, args.out)
+    print(ranking_table(report))
+    print("written:", ", ".join(str(p) for p in paths.values()))
+
+
+def main() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models-dir", type=Path, default=default_models_dir())
+    parser.add_argument("--russian", type=Path, default=RUSSIAN)
+    sub = parser.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train")
+    t.add_argument("--base", default="e5-small")
+    t.add_argument("--name", default="e5-small-ft")
+    t.add_argument("--per-language", type=int, default=2000)
+    t.add_argument("--dev-per-language", type=int, default=100)
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--max-seq-length", type=int, default=80)
+    t.add_argument("--lr", type=float, default=3e-5)
+    t.add_argument("--threads", type=int, default=0)
+    t.add_argument("--hard-negatives", action="store_true")
+    t.add_argument("--work", type=Path, default=ROOT / ".repliq" / "work" / "retriever-ft")
+    e = sub.add_parser("eval")
+    e.add_argument("--encoders", nargs="+", default=["e5-small", "e5-small-ft"])
+    e.add_argument("--topicalchat", type=Path, default=TOPICALCHAT)
+    e.add_argument("--n", type=int, default=500)
+    e.add_argument("--bank-size", type=int, default=2000, help="0 = every dev response")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--out", type=Path, default=RESULTS)
+    e.add_argument("--threads", type=int, default=0)
+    e.add_argument("--merge", type=Path, help="an earlier report on the same datasets whose other scorers to keep")
+    args = parser.parse_args()
+    (train if args.command == "train" else evaluate)(args)
+
+
+if __name__ == "__main__":
+    main()

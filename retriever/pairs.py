@@ -1,0 +1,193 @@
+"""Context→response training pairs for the bi-encoder, and hard negatives mined with the base encoder.
+
+Pairs come only from the ``train`` split of :func:`core.corpora.split_of`, so a dialogue used for
+training can never show up in a dev evaluation built from the same corpus. One pair is taken per
+dialogue (a random turn of it) before any dialogue gives a second one: many different dialogues teach
+the encoder more than many turns of a few.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from core.atomic import atomic_write_json, sha256_json
+from core.corpora import SPLITS, Dialogue, context_response_pairs, read_anekdot_dialogues, read_chitchat, split_of
+
+MAX_RESPONSE_CHARS = 300
+MIN_RESPONSE_CHARS = 2
+
+
+@dataclass(frozen=True)
+class TrainPair:
+    """``query`` is the context as the retriever will see it (``Context.as_query_text``), unprefixed."""
+
+    query: str
+    response: str
+    language: str
+    conversation_id: str
+    negative: str | None = None
+
+
+class QueryPassageEncoder(Protocol):
+    def encode_queries(self, texts: Sequence[str]) -> np.ndarray: ...
+
+    def encode_passages(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+def pairs_hash(pairs: Sequence[TrainPair]) -> str:
+    """The ``data hash`` a fine-tuned model records: any change of text, order or negative changes it."""
+    return sha256_json([asdict(pair) for pair in pairs])
+
+
+def sample_pairs(dialogues: Iterable[Dialogue], limit: int, *, split: str = "train", context_turns: int = 3,
+                 seed: int = 0) -> list[TrainPair]:
+    """Up to ``limit`` pairs from dialogues of ``split``, spread over as many dialogues as possible.
+
+    Responses that are empty-ish or long narrations (joke corpora leak those) are skipped.
+    """
+    if limit <= 0:
+        return []
+    per_dialogue: list[list[TrainPair]] = []
+    for dialogue in dialogues:
+        if split_of(dialogue.id) != split:
+            continue
+        options = [
+            TrainPair(pair.context.as_query_text(context_turns), pair.response, pair.language, pair.conversation_id)
+            for pair in context_response_pairs([dialogue], context_turns=context_turns)
+            if MIN_RESPONSE_CHARS <= len(pair.response) <= MAX_RESPONSE_CHARS and pair.context.turns
+        ]
+        if options:
+            per_dialogue.append(options)
+    rng = random.Random(seed)
+    rng.shuffle(per_dialogue)
+    for options in per_dialogue:
+        rng.shuffle(options)
+    picked: list[TrainPair] = []
+    depth = 0
+    while len(picked) < limit and any(len(options) > depth for options in per_dialogue):
+        for options in per_dialogue:
+            if depth < len(options):
+                picked.append(options[depth])
+                if len(picked) == limit:
+                    break
+        depth += 1
+    return picked
+
+
+def bilingual_pairs(counts: dict[str, int], russian_path: Path | None, *, english: bool = True,
+                    context_turns: int = 3, seed: int = 0) -> dict[str, list[TrainPair]]:
+    """The default mix per split (e.g. ``{"train": 1500, "dev": 100}`` pairs per language and split).
+
+    English comes from the chitchat-dataset package, Russian from Koziev's joke dialogues, a file the
+    caller gives (``koziev_anekdot_dialogues.tar.xz``); without it the mix is English only. Each corpus
+    is read once for all splits.
+    """
+    unknown = set(counts) - set(SPLITS)
+    if unknown:
+        raise ValueError(f"unknown split(s) {sorted(unknown)}; use {', '.join(SPLITS)}")
+    corpora: list[list[Dialogue]] = []
+    if english:
+        corpora.append(list(read_chitchat()))
+    if russian_path is not None:
+        path = Path(russian_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"Russian dialogues file {path} does not exist; give the path to "
+                                    "koziev_anekdot_dialogues.tar.xz (or its .txt)")
+        corpora.append(list(read_anekdot_dialogues(path)))
+    if not corpora:
+        raise ValueError("no training corpus: enable English or give a Russian dialogues file")
+    return {split: [pair for dialogues in corpora for pair in sample_pairs(
+        dialogues, count, split=split, context_turns=context_turns, seed=seed)] for split, count in counts.items()}
+
+
+def cached_pairs(path: Path, key: str, build: Callable[[], list[TrainPair]]) -> list[TrainPair]:
+    """Pairs stored at ``path`` under ``key``, or built and stored: mining negatives is not worth redoing
+    on every resume, and a stored copy guarantees the resumed run sees the very same data."""
+    path = Path(path)
+    if path.is_file():
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        if stored.get("key") == key:
+            return [TrainPair(**row) for row in stored["pairs"]]
+    pairs = build()
+    atomic_write_json(path, {"key": key, "pairs": [asdict(pair) for pair in pairs]})
+    return pairs
+
+
+def mine_hard_negatives(pairs: Sequence[TrainPair], encoder: QueryPassageEncoder, *, skip_top: int = 2,
+                        depth: int = 30, extra_pool: dict[str, Sequence[str]] | None = None,
+                        seed: int = 0) -> list[TrainPair]:
+    """Each pair gets one negative: a response the base encoder ranks high for the context, but not the gold.
+
+    The pool is the other training responses of the same language (plus ``extra_pool[language]``, e.g.
+    bank phrases). Responses of the same dialogue and exact copies of the gold are never negatives, and
+    the ``skip_top`` best non-gold responses are passed over because the very top of a chit-chat pool
+    is often a perfectly good reply (a false negative). Pairs whose pool runs dry get a random one.
+    """
+    if skip_top < 0 or depth <= skip_top:
+        raise ValueError(f"need 0 <= skip_top < depth, got skip_top={skip_top}, depth={depth}")
+    rng = random.Random(seed)
+    out = list(pairs)
+    for language in sorted({pair.language for pair in pairs}):
+        rows = [i for i, pair in enumerate(pairs) if pair.language == language]
+        pool = [(pairs[i].response, pairs[i].conversation_id) for i in rows]
+        pool += [(text, "") for text in (extra_pool or {}).get(language, ())]
+        pool = list(dict.fromkeys(pool))
+        if len(pool) < 2:
+            continue
+        queries = encoder.encode_queries([pairs[i].query for i in rows])
+        passages = encoder.encode_passages([text for text, _ in pool])
+        top = np.argsort(-(queries @ passages.T), axis=1, kind="stable")[:, :depth + 1]
+        for row, i in enumerate(rows):
+            gold = pairs[i]
+            usable = [pool[j][0] for j in top[row]
+                      if pool[j][1] != gold.conversation_id and _key(pool[j][0]) != _key(gold.response)]
+            if len(usable) > skip_top:
+                negative = usable[skip_top]
+            else:
+                others = [text for text, conv in pool if conv != gold.conversation_id
+                          and _key(text) != _key(gold.response)]
+                negative = rng.choice(others) if others else None
+            out[i] = TrainPair(gold.query, gold.response, gold.language, gold.conversation_id, negative)
+    return out
+
+
+def _key(text: str) -> str:
+    return " ".join(text.casefold().split())
+
+
+def duplicate_free_batches(pairs: Sequence[TrainPair], batch_size: int, seed: int) -> list[list[int]]:
+    """Index batches of one language each, in a seeded order, with no response repeated inside a batch.
+
+    In-batch negatives are the other responses of the batch: a second "Yes." would be a false negative,
+    and a response in another language an easy one that teaches nothing.
+    """
+    if batch_size < 2:
+        raise ValueError(f"batch_size must be at least 2 for in-batch negatives, got {batch_size}")
+    rng = random.Random(seed)
+    batches: list[list[int]] = []
+    for language in sorted({pair.language for pair in pairs}):
+        pending = [i for i, pair in enumerate(pairs) if pair.language == language]
+        rng.shuffle(pending)
+        while pending:
+            batch: list[int] = []
+            seen: set[str] = set()
+            rest: list[int] = []
+            for i in pending:
+                key = _key(pairs[i].response)
+                if len(batch) < batch_size and key not in seen:
+                    batch.append(i)
+                    seen.add(key)
+                else:
+                    rest.append(i)
+            if len(batch) >= 2:
+                batches.append(batch)
+            pending = rest if len(batch) >= 2 else []
+    rng.shuffle(batches)
+    return batches

@@ -1,0 +1,166 @@
+"""The total reward for RL: SSA-like, relevance gates specificity.
+
+Forms (``RewardConfig.form``):
+
+* ``gated`` (default)   relevance × (1 + λ·σ(z_spec)). Relevance is a probability in (0, 1); z_spec is the
+                        specificity standardized over the reference set and squashed by the logistic σ into
+                        (0, 1), so the bracket never turns negative: the reward rises with both parts, and an
+                        irrelevant reply earns ~0 however rare its words are (Meena: not sensible ⇒ not specific).
+* ``additive``          z(relevance logit) + λ·z_spec: a trade-off; a rare-word reply can buy back missing relevance.
+* ``specificity_only``  z_spec: the ungated ablation, to show what the gate prevents.
+
+The raw total is then standardized over the same reference set (WebGPT), so "0" means "as good as the
+reference average" and one β means the same trade-off whichever reward model is plugged in.
+Statistics are fitted once (:meth:`RewardModel.fit_reference`) and frozen, then saved with the run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from core.types import Context
+from rl.standardize import RewardStandardizer
+
+FORMS = ("gated", "additive", "specificity_only")
+
+# (contexts, texts) -> (raw specificity, disagreement in raw units; zeros for a single model or the teacher)
+SpecificityFn = Callable[[Sequence[Context], Sequence[str]], tuple[np.ndarray, np.ndarray]]
+
+
+class RelevanceScorer(Protocol):
+    def score(self, contexts: Sequence[Context], texts: Sequence[str]) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    form: str = "gated"
+    lam: float = 1.0
+    # What produced the specificity: "proxy" (the distilled ensemble) or "teacher" (the LM itself).
+    specificity: str = "proxy"
+
+    def validate(self) -> None:
+        if self.form not in FORMS:
+            raise ValueError(f"reward form must be one of {', '.join(FORMS)}, got {self.form!r}")
+        if not np.isfinite(self.lam) or self.lam < 0:
+            raise ValueError(f"reward λ must be a finite number >= 0, got {self.lam}")
+        if self.specificity not in ("proxy", "teacher"):
+            raise ValueError(f"reward specificity must be 'proxy' or 'teacher', got {self.specificity!r}")
+
+
+@dataclass
+class RewardParts:
+    total: np.ndarray  # standardized total reward
+    relevance: np.ndarray  # probability the reply fits
+    specificity: np.ndarray  # standardized specificity (z)
+    disagreement: np.ndarray  # ensemble sd, in the same z units as ``specificity``
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-6, 1 - 1e-6)
+    return np.log(p) - np.log1p(-p)
+
+
+def proxy_specificity(proxy: Any) -> SpecificityFn:
+    """Adapter for ``rl.proxy.ProxyEnsemble`` (phrase or pair inputs)."""
+
+    def specificity(contexts: Sequence[Context], texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        pair = proxy.config.inputs == "pair"
+        return proxy.score_with_disagreement(list(texts), list(contexts) if pair else None)
+
+    return specificity
+
+
+def teacher_specificity(scorer: Callable[[Sequence[Context], Sequence[str]], np.ndarray]) -> SpecificityFn:
+    """Adapter for ``rl.teacher.TeacherScorer``: the teacher has no disagreement."""
+
+    def specificity(contexts: Sequence[Context], texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        values = np.asarray(scorer(contexts, texts), dtype=np.float64)
+        return values, np.zeros_like(values)
+
+    return specificity
+
+
+class RewardModel:
+    def __init__(self, relevance: RelevanceScorer, specificity: SpecificityFn, config: RewardConfig | None = None,
+                 standardizers: Mapping[str, RewardStandardizer] | None = None) -> None:
+        self.config = config or RewardConfig()
+        self.config.validate()
+        self.relevance, self.specificity = relevance, specificity
+        self.standardizers: dict[str, RewardStandardizer] = dict(standardizers or {})
+
+    def _raw(self, contexts: Sequence[Context], texts: Sequence[str]) -> tuple[np.ndarray, ...]:
+        if len(contexts) != len(texts):
+            raise ValueError(f"got {len(contexts)} contexts for {len(texts)} candidate texts")
+        relevance = np.asarray(self.relevance.score(contexts, texts), dtype=np.float64)
+        spec, spread = (np.asarray(a, dtype=np.float64) for a in self.specificity(contexts, texts))
+        for name, values in (("relevance", relevance), ("specificity", spec), ("disagreement", spread)):
+            if values.shape != (len(texts),):
+                raise ValueError(f"{name} scorer returned shape {values.shape} for {len(texts)} candidates")
+            if not np.isfinite(values).all():
+                raise ValueError(f"{name} scorer returned NaN or infinity for {int((~np.isfinite(values)).sum())} "
+                                 "candidates; check that its model loaded and every text is non-empty")
+        return relevance, spec, spread
+
+    def _combine(self, relevance: np.ndarray, spec_z: np.ndarray) -> np.ndarray:
+        form, lam = self.config.form, self.config.lam
+        if form == "gated":
+            return relevance * (1.0 + lam / (1.0 + np.exp(-spec_z)))
+        if form == "additive":
+            return self.standardizers["relevance_logit"].transform(_logit(relevance)) + lam * spec_z
+        return spec_z
+
+    def fit_reference(self, contexts: Sequence[Context], texts: Sequence[str]) -> RewardModel:
+        """Freeze the standardization on a reference pool (e.g. π_ref's candidates on train contexts)."""
+        relevance, spec, _ = self._raw(contexts, texts)
+        self.standardizers = {"specificity": RewardStandardizer.fit(spec, "specificity"),
+                              "relevance_logit": RewardStandardizer.fit(_logit(relevance), "relevance_logit")}
+        raw_total = self._combine(relevance, self.standardizers["specificity"].transform(spec))
+        self.standardizers["total"] = RewardStandardizer.fit(raw_total, f"total_{self.config.form}")
+        return self
+
+    def rewards(self, contexts: Sequence[Context], texts: Sequence[str]) -> RewardParts:
+        missing = {"specificity", "relevance_logit", "total"} - set(self.standardizers)
+        if missing:
+            raise ValueError("the reward is not standardized yet: call fit_reference() on a reference pool first "
+                             "(or load the standardizers saved with the run)")
+        relevance, spec, spread = self._raw(contexts, texts)
+        spec_std = self.standardizers["specificity"]
+        spec_z = spec_std.transform(spec)
+        total = self.standardizers["total"].transform(self._combine(relevance, spec_z))
+        return RewardParts(total, relevance, spec_z, spread / spec_std.std)
+
+    def pool_rewards(self, contexts: Sequence[Context], texts: Sequence[str], group_sizes: np.ndarray) -> RewardParts:
+        """Rewards for candidate pools: ``contexts`` has one entry per group, ``texts`` one per candidate."""
+        sizes = np.asarray(group_sizes, dtype=np.int64)
+        if len(sizes) != len(contexts) or (sizes < 0).any() or int(sizes.sum()) != len(texts):
+            raise ValueError(f"group sizes (sum {int(sizes.sum())}, {len(sizes)} groups) do not match "
+                             f"{len(contexts)} contexts and {len(texts)} candidate texts")
+        rows = [ctx for ctx, n in zip(contexts, sizes, strict=True) for _ in range(int(n))]
+        return self.rewards(rows, texts)
+
+    def dataset_rewards(self, dataset: Any, contexts_by_id: Mapping[str, Context]) -> RewardParts:
+        """Rewards for a ``ranker.dataset.RankingDataset`` (which stores context ids, not contexts)."""
+        missing = [cid for cid in dataset.context_ids if cid not in contexts_by_id]
+        if missing:
+            raise ValueError(f"{len(missing)} dataset contexts have no Context (e.g. {missing[0]!r}); "
+                             "build contexts_by_id from the same corpus pairs the dataset was built from")
+        contexts = [contexts_by_id[cid] for cid in dataset.context_ids]
+        return self.pool_rewards(contexts, list(dataset.texts), dataset.group_sizes)
+
+    def state(self) -> dict[str, Any]:
+        """Config plus frozen statistics, for a run report; rebuild with :meth:`from_state`."""
+        return {"config": asdict(self.config), "standardizers": {k: asdict(v) for k, v in self.standardizers.items()}}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any], relevance: RelevanceScorer,
+                   specificity: SpecificityFn) -> RewardModel:
+        try:
+            config = RewardConfig(**state["config"])
+            standardizers = {k: RewardStandardizer(**v) for k, v in state["standardizers"].items()}
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"not a saved reward state ({exc}); refit with fit_reference()") from exc
+        return cls(relevance, specificity, config, standardizers)
