@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from core.config import ConfigError, Settings, load_settings
-from dialog.commands import bank, index, models, serve, ssa, train
+from dialog.commands import bank, index, models, rl, serve, ssa, train
 
 
 class UserError(Exception):
@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (models, bank, index, serve, ssa, train):
+    for module in (models, bank, index, serve, ssa, train, rl):
         module.register(commands)
     return parser
 

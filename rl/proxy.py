@@ -244,11 +244,13 @@ def fit_proxy(x: np.ndarray, y: np.ndarray, config: ProxyConfig, seed: int) -> l
 def train_specificity_proxy(settings: Settings | None, texts_or_pairs: Sequence[Example],
                             teacher_scores: Sequence[float], out_dir: Path | None, seed: int = 0,
                             languages: Sequence[str] | None = None, config: ProxyConfig | None = None,
-                            encoder: Encoder | None = None) -> tuple[ProxyEnsemble, dict[str, Any]]:
+                            encoder: Encoder | None = None, passages: np.ndarray | None = None,
+                            queries: np.ndarray | None = None) -> tuple[ProxyEnsemble, dict[str, Any]]:
     """Fit on a seeded split, report held-out Spearman vs the teacher per language, refit on all rows, save.
 
     ``languages`` (one per example) enables the per-language metrics the fidelity target is stated in;
-    ``encoder`` overrides ``Encoder.from_config(settings)`` (e.g. to share an already loaded one).
+    ``encoder`` overrides ``Encoder.from_config(settings)`` (e.g. to share an already loaded one), and
+    ``passages``/``queries`` skip encoding when the embeddings already exist (e.g. from the bank index).
     """
     from core.text import detect_language
 
@@ -266,7 +268,10 @@ def train_specificity_proxy(settings: Settings | None, texts_or_pairs: Sequence[
 
         encoder = EncoderClass.from_config(settings)
     started = time.perf_counter()
-    passages, queries = _encode(encoder, contexts, texts, config)
+    if passages is None or (config.inputs == "pair" and queries is None):
+        passages, queries = _encode(encoder, contexts, texts, config)
+    elif len(passages) != len(texts) or (queries is not None and len(queries) != len(texts)):
+        raise ValueError(f"got {len(passages)} passage embeddings for {len(texts)} examples")
     x = proxy_features(texts, passages, queries)
     encode_s = time.perf_counter() - started
     order = np.random.default_rng(seed).permutation(len(y))

@@ -24,6 +24,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     blender.add_argument("--rounds", type=int, default=500, help="maximum boosting rounds (early stopping on dev)")
     blender.add_argument("--out", type=Path, help="output directory (default: <home>/artifacts/blender)")
     blender.set_defaults(func=run_blender)
+    register_more(sub)
 
 
 def run_blender(args: argparse.Namespace, settings: Settings) -> int:
@@ -35,4 +36,63 @@ def run_blender(args: argparse.Namespace, settings: Settings) -> int:
                              max_pairs_per_language=args.max_pairs)
     metrics = train_workspace_blender(settings, corpora, BlenderTrainConfig(rounds=args.rounds), out_dir=args.out)
     print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def register_more(sub: argparse._SubParsersAction) -> None:
+    retriever = sub.add_parser("retriever", help="fine-tune the bi-encoder on context→response pairs (resumable)")
+    retriever.add_argument("--base", default="e5-small", help="base encoder (cache name)")
+    retriever.add_argument("--name", default="e5-small-ft", help="name of the new encoder in the model cache")
+    retriever.add_argument("--russian", type=Path, help="Russian dialogues (Koziev anekdot .tar.xz)")
+    retriever.add_argument("--per-language", type=int, default=2000, help="training pairs per language")
+    retriever.add_argument("--hard-negatives", action="store_true", help="mine hard negatives with the base encoder")
+    retriever.add_argument("--work", type=Path, help="checkpoint directory (default: <home>/artifacts/train-<name>)")
+    retriever.set_defaults(func=run_retriever)
+
+    reward = sub.add_parser("reward", help="train a reward model (preference: Bradley–Terry on labeled pairs)")
+    reward.add_argument("--kind", choices=("preference", "relevance", "specificity"), required=True)
+    reward.add_argument("--data", type=Path, help="preferences JSONL (kind preference)")
+    reward.add_argument("--russian", type=Path, help="Russian dialogues (kind relevance)")
+    reward.add_argument("--out", type=Path, help="output directory (default: <home>/artifacts/reward-<kind>)")
+    reward.set_defaults(func=run_reward)
+
+
+def run_retriever(args: argparse.Namespace, settings: Settings) -> int:
+    from retriever.encoder import Encoder
+    from retriever.pairs import bilingual_pairs, mine_hard_negatives
+    from retriever.train import RetrieverTrainConfig, train_retriever
+
+    config = RetrieverTrainConfig(base=args.base, name=args.name)
+    splits = bilingual_pairs({"train": args.per_language, "dev": 100}, args.russian, seed=config.seed)
+    pairs = splits["train"]
+    if args.hard_negatives:
+        from core.models.registry import resolve
+
+        pairs = mine_hard_negatives(pairs, Encoder(resolve(args.base, settings.models_dir)), seed=config.seed)
+    work = args.work or settings.artifacts_dir / f"train-{args.name}"
+    result = train_retriever(config, pairs, settings.models_dir, work, dev_pairs=splits["dev"], say=print)
+    print(f"encoder {result.model_dir}; report {result.report_path}; plot {result.plot_path}")
+    print(f"next: repliq index build --encoder {result.model_dir}")
+    return 0
+
+
+def run_reward(args: argparse.Namespace, settings: Settings) -> int:
+    out = args.out or settings.artifacts_dir / f"reward-{args.kind}"
+    if args.kind == "preference":
+        from rl.preference import read_preferences, train_preference_model
+
+        if args.data is None:
+            raise ValueError("--kind preference needs --data prefs.jsonl (from `repliq ssa preferences`)")
+        _, metrics = train_preference_model(read_preferences(args.data), out_dir=out)
+    elif args.kind == "relevance":
+        from dialog.blender_training import BlenderCorpora, read_corpora, sample_pairs
+        from rl.relevance import train_relevance_model
+
+        dialogues = read_corpora(BlenderCorpora(russian_dialogues=args.russian))
+        pairs = sample_pairs(dialogues, ("en", "ru"), 1500, settings.retrieval.context_turns, seed=0)
+        _, metrics = train_relevance_model(settings, pairs, out)
+    else:
+        raise ValueError("--kind specificity is trained by `python -m bench.bench_rewards` in this release "
+                         "(teacher scoring + distillation); see docs/rewards.md")
+    print(json.dumps(metrics, indent=2, default=str))
     return 0

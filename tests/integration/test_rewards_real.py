@@ -22,7 +22,7 @@ from rl.teacher import DEFAULT_DEFINITION, score_with_cache, teacher_values
 
 PER_LANGUAGE = 100
 FOLDS = 5
-# Measured 5-fold held-out Spearman on these 100 + 100 phrases: see docs/rewards.md.
+# 5-fold held-out values on these slices (docs/rewards.md has the full-size numbers):
 FIDELITY_FLOOR = 0.7
 RELEVANCE_AUC_FLOOR = 0.7  # measured 0.77 (ru) to 0.85 (en) on this small slice; chance is 0.5
 
@@ -74,7 +74,8 @@ def test_proxy_fidelity_per_language(teacher_slice: tuple[list[str], list[str], 
     for fold in range(FOLDS):
         train, test = folds != fold, folds == fold
         proxy, _ = train_specificity_proxy(None, [t for t, k in zip(texts, train, strict=True) if k], y[train], None,
-                                           config=ProxyConfig(head="ridge", held_out=0.0), encoder=e5)
+                                           config=ProxyConfig(head="ridge", held_out=0.0), encoder=e5,
+                                           passages=passages[train])
         pred[test] = proxy.score([t for t, k in zip(texts, test, strict=True) if k], passages=passages[test])
     for language in ("en", "ru"):
         mask = langs == language
@@ -95,12 +96,12 @@ def real_pairs(shared_data: Path, per_language: int) -> list:
 
 
 def test_relevance_separates_gold_from_random(shared_data: Path, e5: Encoder) -> None:
-    pairs = real_pairs(shared_data, 200)
+    pairs = real_pairs(shared_data, 160)
     _, metrics = train_relevance_model(None, pairs, None, seed=0, encoder=e5,
-                                       config=RelevanceConfig(held_out=0.3))
+                                       config=RelevanceConfig(held_out=0.3, epochs=60))
     for language, row in metrics["held_out"].items():
         print(f"relevance {language}: AUC gold vs random {row['auc_gold_vs_random']:.3f}")
-        assert row["auc_gold_vs_random"] > RELEVANCE_AUC_FLOOR, (language, row)
+        assert row["auc_gold_vs_random"] > RELEVANCE_AUC_FLOOR[language], (language, row)
     assert set(metrics["held_out"]) == {"en", "ru"}
 
 

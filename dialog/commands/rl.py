@@ -1,0 +1,74 @@
+"""`repliq rl tune` and `repliq eval ranking`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from core.config import Settings
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("rl", help="RL tuning of the blender toward sensible and specific replies")
+    sub = parser.add_subparsers(dest="rl_command", metavar="ACTION", required=True)
+    tune = sub.add_parser("tune", help="tune the blender as a policy (needs the blender, proxy and relevance models)")
+    tune.add_argument("--betas", type=float, nargs="+", default=[0.05, 0.2, 1.0], help="KL coefficients to sweep")
+    tune.add_argument("--beta", type=float, default=0.2, help="the β whose policy is saved as blender-rl")
+    tune.add_argument("--alpha", type=float, default=0.02, help="entropy bonus")
+    tune.add_argument("--iterations", type=int, default=4)
+    tune.add_argument("--out", type=Path, help="run directory (default: <home>/artifacts/rl-run)")
+    tune.set_defaults(func=run_tune)
+
+    ev = commands.add_parser("eval", help="evaluate rankers")
+    ev_sub = ev.add_subparsers(dest="eval_command", metavar="WHAT", required=True)
+    ranking = ev_sub.add_parser("ranking", help="R@1/10, R@1/100, MRR, bank recall@10: BM25 vs bi-encoders")
+    ranking.add_argument("--topicalchat", type=Path, help="folder with Topical-Chat valid_freq/valid_rare.json")
+    ranking.add_argument("--russian", type=Path, help="Russian dialogues (.tar.xz); dev hash split is used")
+    ranking.add_argument("--corpus", type=Path, action="append", default=[], help="a JSONL dialogue file")
+    ranking.add_argument("--encoder", action="append", default=[], help="encoder names/paths to compare")
+    ranking.add_argument("--contexts", type=int, default=300, help="contexts per dataset")
+    ranking.add_argument("--out", type=Path, help="report directory (default: <home>/artifacts/eval)")
+    ranking.set_defaults(func=run_eval)
+
+
+def run_tune(args: argparse.Namespace, settings: Settings) -> int:
+    from dialog.rl_tuning import RLRunConfig, run_rl_tune
+
+    config = RLRunConfig(betas=tuple(args.betas), main_beta=args.beta, alpha=args.alpha, iterations=args.iterations)
+    report = run_rl_tune(settings, config, args.out, progress=lambda row: print(json.dumps(row)))
+    print(json.dumps({"reference": report["reference"], "targets": report["targets"],
+                      "tuned_blender": report["tuned_blender"]}, indent=2))
+    return 0
+
+
+def run_eval(args: argparse.Namespace, settings: Settings) -> int:
+    from core.models.registry import resolve
+    from ranker.evaluation import (
+        BiEncoderScorer,
+        BM25Scorer,
+        evaluate_ranking,
+        jsonl_datasets,
+        ranking_table,
+        russian_dataset,
+        topicalchat_dataset,
+        write_report,
+    )
+    from retriever.encoder import Encoder
+
+    datasets = []
+    if args.topicalchat:
+        datasets.append(topicalchat_dataset(args.topicalchat, n_contexts=args.contexts))
+    if args.russian:
+        datasets.append(russian_dataset(args.russian, n_contexts=args.contexts))
+    for path in args.corpus:
+        datasets += jsonl_datasets(path, n_contexts=args.contexts)
+    if not datasets:
+        raise ValueError("no evaluation data: give --topicalchat, --russian or --corpus")
+    scorers = [BM25Scorer()]
+    for name in args.encoder or [settings.encoder.name]:
+        scorers.append(BiEncoderScorer(Encoder(resolve(name, settings.models_dir)), name=Path(name).name))
+    report = evaluate_ranking(datasets, scorers, say=print)
+    write_report(report, args.out or settings.artifacts_dir / "eval")
+    print(ranking_table(report))
+    return 0
