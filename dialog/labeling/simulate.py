@@ -195,7 +195,10 @@ def scripted_truth(export_dir: Path, key_path: Path | None = None) -> dict[tuple
             continue
         context = export.contexts[task.context_id]
         language = detect_language(context.last_text)
-        for name, reply in zip(key.names(task_id), task.responses, strict=True):
+        names = key.names(task_id)
+        # Pointwise tasks carry one reply that several systems may share; pairwise ones one per side.
+        replies = task.responses * len(names) if len(task.responses) == 1 else task.responses
+        for name, reply in zip(names, replies, strict=True):
             sensible = detect_language(reply, language) == language and reply.strip() != context.last_text.strip()
             specific = sensible and len(reply.split()) >= 6 and not is_generic(reply, language)
             truth[(task.context_id, name)] = Truth(sensible, specific)

@@ -23,8 +23,10 @@ from rl.teacher import DEFAULT_DEFINITION, score_with_cache, teacher_values
 PER_LANGUAGE = 100
 FOLDS = 5
 # 5-fold held-out values on these slices (docs/rewards.md has the full-size numbers):
-FIDELITY_FLOOR = 0.7
-RELEVANCE_AUC_FLOOR = 0.7  # measured 0.77 (ru) to 0.85 (en) on this small slice; chance is 0.5
+FIDELITY_FLOOR = 0.65  # measured 0.76 (en) and 0.80 (ru)
+# Measured 0.83-0.85 (en, chitchat) and 0.77 (ru, joke dialogues, whose replies are often deliberate
+# non-sequiturs); chance is 0.5.
+RELEVANCE_AUC_FLOOR = {"en": 0.78, "ru": 0.7}
 
 
 @pytest.fixture(scope="module")
