@@ -245,7 +245,8 @@ def train_specificity_proxy(settings: Settings | None, texts_or_pairs: Sequence[
                             teacher_scores: Sequence[float], out_dir: Path | None, seed: int = 0,
                             languages: Sequence[str] | None = None, config: ProxyConfig | None = None,
                             encoder: Encoder | None = None, passages: np.ndarray | None = None,
-                            queries: np.ndarray | None = None) -> tuple[ProxyEnsemble, dict[str, Any]]:
+                            queries: np.ndarray | None = None,
+                            extra_metrics: dict[str, Any] | None = None) -> tuple[ProxyEnsemble, dict[str, Any]]:
     """Fit on a seeded split, report held-out Spearman vs the teacher per language, refit on all rows, save.
 
     ``languages`` (one per example) enables the per-language metrics the fidelity target is stated in;
@@ -277,7 +278,7 @@ def train_specificity_proxy(settings: Settings | None, texts_or_pairs: Sequence[
     order = np.random.default_rng(seed).permutation(len(y))
     n_test = round(config.held_out * len(y))
     test, train = order[:n_test], order[n_test:]
-    metrics: dict[str, Any] = {"examples": len(y), "held_out": n_test, "encode_s": encode_s,
+    metrics: dict[str, Any] = {**(extra_metrics or {}), "examples": len(y), "held_out": n_test, "encode_s": encode_s,
                                "languages": {lang: languages.count(lang) for lang in sorted(set(languages))}}
     if n_test:
         heads = fit_proxy(x[train], y[train], config, seed)
@@ -313,3 +314,31 @@ def load_proxy_scorer(directory: Path, encoder: Encoder) -> tuple[Any, str]:
     proxy = load_specificity_proxy(directory, encoder)
     return proxy.annotator(), proxy.identity
 
+
+
+def distill_specificity_proxy(settings: Settings | None, lm: Any, texts: Sequence[str], languages: Sequence[str],
+                              out_dir: Path | None, seed: int = 0, config: ProxyConfig | None = None,
+                              cache_path: Path | None = None,
+                              encoder: Encoder | None = None) -> tuple[ProxyEnsemble, dict[str, Any]]:
+    """Teacher-score phrases (through the on-disk cache, so reruns score nothing twice), then distil.
+
+    For phrase and lexical inputs only: a conditional teacher needs dialogues, see ``train_specificity_proxy``.
+    ``lm`` is a ``core.lm.wrapper.DecoderLM``; ``config.teacher_lm`` should name it in the model cache.
+    """
+    from rl.teacher import CONDITIONAL, TeacherCache, default_cache_path, score_with_cache, teacher_values
+
+    config = config or ProxyConfig()
+    config.validate()
+    if config.inputs == "pair" or config.teacher in CONDITIONAL:
+        raise ValueError(f"teacher {config.teacher!r} with inputs {config.inputs!r} needs (context, phrase) pairs; "
+                         "score them with rl.teacher.score_with_cache and call train_specificity_proxy")
+    if len(texts) != len(languages):
+        raise ValueError(f"got {len(languages)} languages for {len(texts)} texts")
+    cache = TeacherCache(cache_path or default_cache_path())
+    started = time.perf_counter()
+    scores = score_with_cache(lm, [None] * len(texts), list(texts), list(languages), cache)
+    values = teacher_values(scores, config.teacher)
+    teacher_s = time.perf_counter() - started
+    teacher = {"teacher": {"lm_id": lm.lm_id, "definition": config.teacher, "seconds": teacher_s}}
+    return train_specificity_proxy(settings, list(texts), values, out_dir, seed, languages, config, encoder,
+                                   extra_metrics=teacher)

@@ -24,9 +24,9 @@ PER_LANGUAGE = 100
 FOLDS = 5
 # 5-fold held-out values on these slices (docs/rewards.md has the full-size numbers):
 FIDELITY_FLOOR = 0.65  # measured 0.76 (en) and 0.80 (ru)
-# Measured 0.83-0.85 (en, chitchat) and 0.77 (ru, joke dialogues, whose replies are often deliberate
-# non-sequiturs); chance is 0.5.
-RELEVANCE_AUC_FLOOR = {"en": 0.78, "ru": 0.7}
+# Measured 0.90 (en, chitchat) and 0.74 (ru, joke dialogues, whose replies are often deliberate
+# non-sequiturs; 0.77-0.79 with 1,500 pairs); chance is 0.5.
+RELEVANCE_AUC_FLOOR = {"en": 0.8, "ru": 0.7}
 
 
 @pytest.fixture(scope="module")
@@ -92,15 +92,17 @@ def real_pairs(shared_data: Path, per_language: int) -> list:
                                                                 limit=3000)]
     for dialogues in sources:
         found = [p for p in context_response_pairs(dialogues, 3)
-                 if split_of(p.conversation_id) == "train" and 2 <= len(p.response) <= 300]
+                 if split_of(p.conversation_id) == "train" and 2 <= len(p.response) <= 300
+                 and len(p.context.as_query_text(3)) <= 300]  # short inputs keep the encoder quick
         pairs += found[::max(1, len(found) // per_language)][:per_language]
     return pairs
 
 
 def test_relevance_separates_gold_from_random(shared_data: Path, e5: Encoder) -> None:
-    pairs = real_pairs(shared_data, 160)
+    pairs = real_pairs(shared_data, 150)
+    # The logistic head: as good on gold vs random (docs/rewards.md) and seconds faster than the default MLP.
     _, metrics = train_relevance_model(None, pairs, None, seed=0, encoder=e5,
-                                       config=RelevanceConfig(held_out=0.3, epochs=60))
+                                       config=RelevanceConfig(head="logistic", held_out=0.3))
     for language, row in metrics["held_out"].items():
         print(f"relevance {language}: AUC gold vs random {row['auc_gold_vs_random']:.3f}")
         assert row["auc_gold_vs_random"] > RELEVANCE_AUC_FLOOR[language], (language, row)

@@ -152,3 +152,32 @@ def test_lexical_proxy_needs_no_encoder(tmp_path: Path, encoders: dict[str, Enco
         train_specificity_proxy(None, texts, y, None, config=ProxyConfig(head="mlp", inputs="lexical"))
     with pytest.raises(ValueError, match="need an encoder"):
         train_specificity_proxy(None, texts, y, None, config=ProxyConfig(head="ridge"))
+
+
+def test_distill_scores_through_the_cache_then_trains(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import rl.teacher as teacher
+    from core.lm.scoring import LMScore
+    from core.lm.wrapper import NullLM
+    from rl.proxy import distill_specificity_proxy
+
+    calls: list[int] = []
+
+    def fake_texts(lm, texts, **_):  # type: ignore[no-untyped-def]
+        calls.append(len(texts))
+        return [LMScore(-3.0 * len(t), -3.0, len(t)) for t in texts]
+
+    monkeypatch.setattr(teacher, "score_texts", fake_texts)
+    texts = phrases(120, 11)
+    languages = ["en"] * 120
+    config = ProxyConfig(head="ridge", inputs="lexical")
+    cache = tmp_path / "teacher.jsonl"
+    proxy, metrics = distill_specificity_proxy(None, NullLM(), texts, languages, tmp_path / "proxy", config=config,
+                                               cache_path=cache)
+    assert load_specificity_proxy(tmp_path / "proxy", None).manifest["metrics"]["teacher"]["lm_id"] == "none"
+    assert proxy.score(texts[:2]).shape == (2,)
+    assert sum(calls) == len(set(texts)) and cache.exists()
+    assert metrics["teacher"]["definition"] == config.teacher and metrics["held_out_spearman"] > 0.9
+    distill_specificity_proxy(None, NullLM(), texts, languages, None, config=config, cache_path=cache)
+    assert sum(calls) == len(set(texts))  # the rerun scored nothing
+    with pytest.raises(ValueError, match="needs \\(context, phrase\\) pairs"):
+        distill_specificity_proxy(None, NullLM(), texts, languages, None, config=ProxyConfig(teacher="pmi"))
