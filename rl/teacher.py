@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,8 +80,10 @@ def _score_from_json(row: Sequence[float]) -> LMScore:
 class TeacherCache:
     """JSONL of ``{"key", "cond", "uncond"}`` rows, keyed by a hash of (LM id, language, dialogue, reply).
 
-    Creating one reads the file if it exists. The file is rewritten atomically after every chunk, so an
-    interrupted run keeps what it scored. A row whose ``cond`` is null holds an unconditional score only.
+    Creating one reads the file if it exists. ``score_with_cache`` rewrites it atomically at most every
+    ``save_every_s`` seconds, at the end and when scoring fails, so an interrupted run keeps its work and a
+    big bank does not rewrite a large file after every chunk. A row whose ``cond`` is null holds an
+    unconditional score only.
     """
 
     def __init__(self, path: Path) -> None:
@@ -122,7 +125,7 @@ def cache_key(lm_id: str, language: str, context: Context | None, reply: str, co
 def score_with_cache(
     lm: AnyLM, contexts: Sequence[Context | None], replies: Sequence[str], languages: Sequence[str],
     cache: TeacherCache | None = None, chunk: int = 128, context_turns: int = 3, batch_size: int = 16,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[int, int], None] | None = None, save_every_s: float = 30.0,
 ) -> list[ReplyScore]:
     """Reply scores; a ``None`` context scores the reply alone (its conditional side is NaN)."""
     if not len(contexts) == len(replies) == len(languages):
@@ -133,24 +136,31 @@ def score_with_cache(
     rows = cache.rows if cache is not None else {}
     first = {key: i for i, key in reversed(list(enumerate(keys)))}
     todo = [first[key] for key in dict.fromkeys(keys) if key not in rows]
-    for start in range(0, len(todo), chunk):
-        part = todo[start:start + chunk]
-        paired = [i for i in part if contexts[i] is not None]
-        alone = [i for i in part if contexts[i] is None]
-        if paired:
-            got = score_pairs(lm, [contexts[i] for i in paired], [replies[i] for i in paired],  # type: ignore[misc]
-                              [languages[i] for i in paired], batch_size=batch_size, context_turns=context_turns)
-            for i, s in zip(paired, got, strict=True):
-                rows[keys[i]] = {"key": keys[i], "cond": _score_to_json(s.conditional),
-                                 "uncond": _score_to_json(s.unconditional)}
-        if alone:
-            got_alone = score_texts(lm, [replies[i] for i in alone], batch_size=batch_size)
-            for i, u in zip(alone, got_alone, strict=True):
-                rows[keys[i]] = {"key": keys[i], "cond": None, "uncond": _score_to_json(u)}
-        if cache is not None:
+    saved_at, unsaved = time.monotonic(), False
+    try:
+        for start in range(0, len(todo), chunk):
+            part = todo[start:start + chunk]
+            paired = [i for i in part if contexts[i] is not None]
+            alone = [i for i in part if contexts[i] is None]
+            if paired:
+                got = score_pairs(lm, [contexts[i] for i in paired], [replies[i] for i in paired],  # type: ignore[misc]
+                                  [languages[i] for i in paired], batch_size=batch_size, context_turns=context_turns)
+                for i, s in zip(paired, got, strict=True):
+                    rows[keys[i]] = {"key": keys[i], "cond": _score_to_json(s.conditional),
+                                     "uncond": _score_to_json(s.unconditional)}
+            if alone:
+                got_alone = score_texts(lm, [replies[i] for i in alone], batch_size=batch_size)
+                for i, u in zip(alone, got_alone, strict=True):
+                    rows[keys[i]] = {"key": keys[i], "cond": None, "uncond": _score_to_json(u)}
+            unsaved = True
+            if cache is not None and time.monotonic() - saved_at >= save_every_s:
+                cache.save()
+                saved_at, unsaved = time.monotonic(), False
+            if progress:
+                progress(min(start + chunk, len(todo)), len(todo))
+    finally:
+        if cache is not None and unsaved:
             cache.save()
-        if progress:
-            progress(min(start + chunk, len(todo)), len(todo))
     nan = LMScore(math.nan, math.nan, 0)
     return [ReplyScore(_score_from_json(rows[k]["cond"]) if rows[k]["cond"] is not None else nan,
                        _score_from_json(rows[k]["uncond"])) for k in keys]

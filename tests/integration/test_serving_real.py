@@ -157,12 +157,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_cli_serve_ask_and_sigterm_drain(real_home: Path, models_dir: Path) -> None:
+def test_cli_serve_ask_and_sigterm_drain(real_home: Path, models_dir: Path, tmp_path: Path) -> None:
     port = free_port()
     env = {**os.environ, "REPLIQ_HOME": str(real_home), "REPLIQ_MODELS": str(models_dir),
            "REPLIQ_SERVER_MAX_WORKERS": "4", "REPLIQ_GENERATION_MODE": "off"}
     repliq = [sys.executable, "-m", "dialog.cli"]
-    server = subprocess.Popen([*repliq, "serve", "--port", str(port)], env=env, stderr=subprocess.PIPE, text=True)
+    # The log goes to a file: an unread pipe fills up and blocks the server's logging mid-drain.
+    log_path = tmp_path / "server.log"
+    log_file = open(log_path, "w")  # noqa: SIM115 - closed in finally
+    server = subprocess.Popen([*repliq, "serve", "--port", str(port)], env=env, stderr=log_file, text=True)
     try:
         client = ChatClient("127.0.0.1", port, timeout_s=60)
         client.wait_until_serving(timeout_s=120)
@@ -196,8 +199,9 @@ def test_cli_serve_ask_and_sigterm_drain(real_home: Path, models_dir: Path) -> N
         assert not failures, [(f.code(), f.details()) for f in failures]
         assert server.wait(timeout=60) == 0
         client.close()
-        log = server.stderr.read()
+        log = log_path.read_text(encoding="utf-8")
         assert '"msg": "draining"' in log and '"request_id"' in log
     finally:
         if server.poll() is None:
             server.kill()
+        log_file.close()
