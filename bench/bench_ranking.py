@@ -60,10 +60,10 @@ def merge_reports(old: dict, new: dict) -> dict:
     """Scorers of an earlier run on the very same datasets, so a new model is compared without rerunning the rest."""
     if old["datasets"] != new["datasets"]:
         raise SystemExit("the earlier report was built on other datasets (size, seed or bank); rerun every scorer")
-    kept = [name for name in old["scorers"] if name not in new["scorers"]]
-    results = {name: {**{s: old["results"][name][s] for s in kept}, **scores}
+    order = old["scorers"] + [name for name in new["scorers"] if name not in old["scorers"]]
+    results = {name: {s: (scores.get(s) or old["results"][name][s]) for s in order}
                for name, scores in new["results"].items()}
-    return {**new, "scorers": kept + new["scorers"], "results": results, "merged_from": old["created"]}
+    return {**new, "scorers": order, "results": results, "merged_from": old["created"]}
 
 
 def evaluate(args: argparse.Namespace) -> None:
