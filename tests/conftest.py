@@ -7,6 +7,7 @@ slow conversion happens once per machine, not once per test run.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -41,3 +42,15 @@ def shared_data() -> Path:
     if not SHARED_DATA.exists():
         pytest.skip(f"development data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Small models on a shared 2-core machine run several times faster on one thread (no spin-waiting
+    for a busy second core); the setting is process-wide, so it is restored for the other tests."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -56,15 +55,8 @@ def build_tiny_decoder(directory: Path, seed: int = 0) -> Path:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """Small models on a shared 2-core machine run several times faster on one thread (no spin-waiting
-    for a busy second core); the setting is process-wide, so it is restored for the other tests."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _single_thread(one_torch_thread: None) -> None:
+    """Every LM test here runs on one torch thread (see tests/conftest.py)."""
 
 
 @pytest.fixture(scope="module")
