@@ -30,7 +30,7 @@ from rl.policy import Groups, group_argmax
 from rl.proxy import load_specificity_proxy
 from rl.relevance import load_relevance_model
 from rl.rewards import RewardConfig, RewardModel, proxy_specificity
-from rl.teacher import TeacherCache, TeacherScorer, default_cache_path
+from rl.teacher import TeacherCache, TeacherScorer
 from rl.tune import PolicyTuneConfig, tune_policy
 
 log = logging.getLogger("repliq.rl")
@@ -112,7 +112,8 @@ def run_rl_tune(settings: Settings, config: RLRunConfig, out_dir: Path | None = 
 
     lm = DecoderLM.from_cache(proxy.config.teacher_lm or settings.lm.name, settings.models_dir,
                               LMOptions(dtype=settings.lm.dtype))
-    teacher = TeacherScorer(lm, proxy.config.teacher, TeacherCache(default_cache_path()))
+    # Beside the model cache (as rl.teacher.default_cache_path), but following this run's settings.
+    teacher = TeacherScorer(lm, proxy.config.teacher, TeacherCache(settings.models_dir.parent / "teacher_cache.jsonl"))
     dev_contexts = [contexts_by_id[cid] for cid in dev.context_ids]
     judge = DevJudge(dev, dev_contexts, [languages_by_id[cid] for cid in dev.context_ids], teacher, config)
     eval_fns = {"r_at_1": lambda s, _g: float(_r_at_1(s, dev.group_sizes, dev.y).mean()),

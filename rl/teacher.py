@@ -307,7 +307,7 @@ def bank_targets(bank: ScoringBankLike, lm_id: str,
     stored = load_bank_scores(bank, lm_id)
     phrases = [p for p in bank.phrases(status="approved") if p.id in stored]
     if not phrases:
-        raise ValueError(f"the bank has no stored scores from {lm_id!r}; run `repliq lm score-bank` first")
+        raise ValueError(f"the bank has no stored scores from {lm_id!r}; run `repliq bank score` first")
     nan = LMScore(math.nan, math.nan, 0)
     values = teacher_values([ReplyScore(nan, stored[p.id]) for p in phrases], definition)
     return [p.text for p in phrases], [p.language for p in phrases], values

@@ -30,10 +30,13 @@ def resolve(name_or_path: str | Path, models_dir: Path) -> Path:
         return candidate
     specs = all_specs()
     name = str(name_or_path)
+    trained = Path(models_dir) / name
+    if name not in specs and (trained / MANIFEST_NAME).exists():
+        return trained  # a model repliq trained into the cache, e.g. `repliq train retriever --name e5-small-ft`
     if name not in specs:
         raise ModelNotPrepared(
-            f"unknown model {name!r}: use one of {', '.join(sorted(specs))} or a path to a local model "
-            "directory"
+            f"unknown model {name!r}: use one of {', '.join(sorted(specs))}, a model trained into {models_dir} "
+            "(`repliq train retriever`), or a path to a local model directory"
         )
     model_dir = Path(models_dir) / name
     if not (model_dir / MANIFEST_NAME).exists():

@@ -109,7 +109,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     history.set_defaults(func=run_history)
 
 
-def _open(settings: Settings, create: bool = False) -> PhraseBank:
+def open_bank(settings: Settings, create: bool = False) -> PhraseBank:
     if not create and not settings.bank_path.exists():
         raise FileNotFoundError(f"no phrase bank at {settings.bank_path}; run `repliq bank init --default` first")
     settings.home.mkdir(parents=True, exist_ok=True)
@@ -119,7 +119,7 @@ def _open(settings: Settings, create: bool = False) -> PhraseBank:
 def run_init(args: argparse.Namespace, settings: Settings) -> int:
     from core.bank.default import build_default_bank
 
-    with _open(settings, create=True) as bank:
+    with open_bank(settings, create=True) as bank:
         if args.default:
             counts = build_default_bank(bank, chitchat_limit=args.chitchat_limit, progress=print)
             print(f"default bank: {json.dumps(counts)}")
@@ -129,7 +129,7 @@ def run_init(args: argparse.Namespace, settings: Settings) -> int:
 
 def run_import(args: argparse.Namespace, settings: Settings) -> int:
     defaults = {key: getattr(args, key) for key in ("language", "status", "source", "license") if getattr(args, key)}
-    with _open(settings, create=True) as bank:
+    with open_bank(settings, create=True) as bank:
         report = bank.import_file(args.file, args.format, who=_who(args), why=args.why, defaults=defaults,
                                   dry_run=args.dry_run, on_duplicate="skip" if args.skip_duplicates else "error")
     for error in report.errors:
@@ -139,14 +139,14 @@ def run_import(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_export(args: argparse.Namespace, settings: Settings) -> int:
-    with _open(settings) as bank:
+    with open_bank(settings) as bank:
         count = bank.export(args.file, args.format, status=args.status, language=args.language)
     print(f"exported {count} phrases to {args.file}")
     return 0
 
 
 def run_list(args: argparse.Namespace, settings: Settings) -> int:
-    with _open(settings) as bank:
+    with open_bank(settings) as bank:
         phrases = [p for p in bank.phrases(status=args.status, language=args.language)
                    if not args.tag or args.tag in p.tags]
     for phrase in phrases[: args.limit or None]:
@@ -160,13 +160,13 @@ def run_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_stats(args: argparse.Namespace, settings: Settings) -> int:
-    with _open(settings) as bank:
+    with open_bank(settings) as bank:
         print(json.dumps(bank.stats(), ensure_ascii=False, indent=2))
     return 0
 
 
 def run_add(args: argparse.Namespace, settings: Settings) -> int:
-    with _open(settings) as bank:
+    with open_bank(settings) as bank:
         phrase = bank.add(args.text, args.language, tags=args.tag, status=args.status, source=args.source,
                           license=args.license, who=_who(args), why=args.why)
     print(f"added phrase {phrase.id} ({phrase.status}); run `repliq index build` to serve it")
@@ -178,14 +178,14 @@ def run_edit(args: argparse.Namespace, settings: Settings) -> int:
                                              ("tags", args.tag), ("status", args.status)) if value is not None}
     if not changes:
         raise ValueError("nothing to change: give --text, --language, --tag or --status")
-    with _open(settings) as bank:
+    with open_bank(settings) as bank:
         phrase = bank.update(args.id, who=_who(args), why=args.why, **changes)
     print(f"phrase {phrase.id} is now version {phrase.version}; run `repliq index build` to serve the change")
     return 0
 
 
 def run_set_status(args: argparse.Namespace, settings: Settings) -> int:
-    with _open(settings) as bank:
+    with open_bank(settings) as bank:
         phrase = bank.update(args.id, who=_who(args), why=args.why, status=args.status)
     print(f"phrase {phrase.id} is {phrase.status}; run `repliq index build` to apply it to the index")
     return 0
@@ -197,14 +197,14 @@ def run_score(args: argparse.Namespace, settings: Settings) -> int:
 
     options = LMOptions(dtype=args.dtype or settings.lm.dtype, threads=args.threads or None)
     lm = DecoderLM.from_cache(args.lm or settings.lm.name, settings.models_dir, options)
-    with _open(settings) as bank:
+    with open_bank(settings) as bank:
         report = score_bank(bank, lm, batch_size=args.batch_size, progress=True)
     print(report.summary())
     return 0
 
 
 def run_history(args: argparse.Namespace, settings: Settings) -> int:
-    with _open(settings) as bank:
+    with open_bank(settings) as bank:
         entries = bank.history(args.id)
     for entry in entries[-args.limit:]:
         before = (entry.before or {}).get("text") if entry.before else None

@@ -49,10 +49,15 @@ def register_more(sub: argparse._SubParsersAction) -> None:
     retriever.add_argument("--work", type=Path, help="checkpoint directory (default: <home>/artifacts/train-<name>)")
     retriever.set_defaults(func=run_retriever)
 
-    reward = sub.add_parser("reward", help="train a reward model (preference: Bradley–Terry on labeled pairs)")
+    reward = sub.add_parser("reward", help="train a reward model: specificity proxy, relevance, or preference")
     reward.add_argument("--kind", choices=("preference", "relevance", "specificity"), required=True)
     reward.add_argument("--data", type=Path, help="preferences JSONL (kind preference)")
     reward.add_argument("--russian", type=Path, help="Russian dialogues (kind relevance)")
+    reward.add_argument("--members", type=int, default=5,
+                        help="proxy ensemble size (kind specificity); their spread is the RL shift alarm")
+    reward.add_argument("--head", choices=("mlp", "ridge"), default="mlp", help="proxy head (kind specificity)")
+    reward.add_argument("--inputs", choices=("phrase", "lexical"), default="phrase",
+                        help="proxy inputs: encoder embedding + length, or char trigrams (kind specificity)")
     reward.add_argument("--out", type=Path, help="output directory (default: <home>/artifacts/reward-<kind>)")
     reward.set_defaults(func=run_reward)
 
@@ -92,7 +97,26 @@ def run_reward(args: argparse.Namespace, settings: Settings) -> int:
         pairs = sample_pairs(dialogues, ("en", "ru"), 1500, settings.retrieval.context_turns, seed=0)
         _, metrics = train_relevance_model(settings, pairs, out)
     else:
-        raise ValueError("--kind specificity is trained by `python -m bench.bench_rewards` in this release "
-                         "(teacher scoring + distillation); see docs/rewards.md")
+        metrics = _train_specificity(args, settings, out)
     print(json.dumps(metrics, indent=2, default=str))
     return 0
+
+
+def _train_specificity(args: argparse.Namespace, settings: Settings, out: Path) -> dict:
+    """Score the bank with the teacher LM (resumable; only new or changed phrases), then distil."""
+    from core.lm.bank_scores import score_bank
+    from core.lm.wrapper import DecoderLM, LMOptions
+    from dialog.commands.bank import open_bank
+    from rl.proxy import ProxyConfig, train_specificity_proxy
+    from rl.teacher import bank_targets
+
+    config = ProxyConfig(head=args.head, inputs=args.inputs, teacher_lm=settings.lm.name, members=args.members)
+    config.validate()
+    lm = DecoderLM.from_cache(settings.lm.name, settings.models_dir, LMOptions(dtype=settings.lm.dtype))
+    with open_bank(settings) as bank:
+        print(score_bank(bank, lm).summary())
+        texts, languages, values = bank_targets(bank, lm.lm_id, config.teacher)
+    extra = {"teacher": {"lm_id": lm.lm_id, "definition": config.teacher, "source": "bank lm_scores"}}
+    _, metrics = train_specificity_proxy(settings, texts, values, out, languages=languages, config=config,
+                                         extra_metrics=extra)
+    return metrics

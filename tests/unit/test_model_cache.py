@@ -241,3 +241,16 @@ def test_precompiled_charsmap_applies_the_map_per_codepoint() -> None:
         assert normalizer.normalize_str(chr(cp)) == mapping.get(cp, chr(cp)), hex(cp)
     # No composition across characters: a decomposed letter stays decomposed, as in the C engine.
     assert normalizer.normalize_str("и\u0306") == "и\u0306"
+
+
+def test_resolve_finds_a_model_trained_into_the_cache_but_not_an_unprepared_name(tmp_path: Path, fake_registry) -> None:
+    fake_registry(_spec(CountingBuilder("base")))
+    trained = tmp_path / "base-ft"
+    trained.mkdir()
+    ModelManifest("base-ft", "encoder", "repliq-train", "1.0", "0" * 64, dim=8).save(trained)
+    assert registry.resolve("base-ft", tmp_path) == trained
+    (tmp_path / "no-manifest").mkdir()
+    with pytest.raises(registry.ModelNotPrepared, match="repliq train retriever"):
+        registry.resolve("no-manifest", tmp_path)
+    with pytest.raises(registry.ModelNotPrepared, match="repliq models prepare base"):
+        registry.resolve("base", tmp_path)

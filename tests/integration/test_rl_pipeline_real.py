@@ -1,0 +1,125 @@
+"""Blender and RL tuning end to end on the real default models (e5-small, gemma-3-270m), on a small slice.
+
+The same calls `repliq train reward`, `repliq train blender` and `repliq rl tune` make, in a copy of the
+real test workspace (starter bank + e5 index): the bank is LM-scored, the specificity proxy distilled,
+relevance trained, the blender trained with the proxy feature, then tuned. The tuned blender is served
+over real gRPC, and a blender whose inputs differ from what serving provides is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.config import Settings
+from dialog.cli import main
+from dialog.ranker_setup import SPECIFICITY_DIR, load_blender
+from dialog.rl_tuning import RELEVANCE_DIR, TUNED_DIR, RLRunConfig, run_rl_tune
+from ranker.blender import BlenderMismatchError
+
+from workspace import make_settings
+
+pytestmark = pytest.mark.real
+PAIRS_PER_LANGUAGE = 150
+
+
+def copy_workspace(source: Path, target: Path) -> None:
+    """Bank (with its WAL files) and index; artifacts written here never reach the shared real_home."""
+    for path in source.glob("bank.sqlite*"):
+        shutil.copy2(path, target / path.name)
+    shutil.copytree(source / "indexes", target / "indexes")
+
+
+@pytest.fixture(scope="module")
+def rl_settings(real_home: Path, models_dir: Path, shared_data: Path,
+                tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    from dialog.blender_training import BlenderCorpora, read_corpora, sample_pairs, train_workspace_blender
+    from ranker.train import BlenderTrainConfig
+    from rl.relevance import train_relevance_model
+
+    home = tmp_path_factory.mktemp("rl-home")
+    copy_workspace(real_home, home)
+    settings = make_settings(home, models_dir)
+    # `repliq train reward --kind specificity`: LM-scores the bank (the teacher), then distils the proxy.
+    assert main(["--home", str(home), "--models-dir", str(models_dir), "train", "reward", "--kind", "specificity",
+                 "--members", "3"]) == 0
+    proxy_metrics = json.loads((settings.artifacts_dir / SPECIFICITY_DIR / "manifest.json").read_text())["metrics"]
+    assert min(proxy_metrics["held_out_spearman_by_language"].values()) > 0.5, proxy_metrics
+
+    corpora = BlenderCorpora(chitchat_conversations=200, russian_dialogues=shared_data / "ru" /
+                             "koziev_anekdot_dialogues.tar.xz", russian_conversations=400,
+                             max_pairs_per_language=PAIRS_PER_LANGUAGE)
+    pairs = sample_pairs(read_corpora(corpora), ("en", "ru"), PAIRS_PER_LANGUAGE, settings.retrieval.context_turns,
+                         seed=1)
+    train_relevance_model(settings, pairs, settings.artifacts_dir / RELEVANCE_DIR)
+    train_workspace_blender(settings, corpora, BlenderTrainConfig(rounds=150))
+    return settings
+
+
+@pytest.fixture(scope="module")
+def rl_report(rl_settings: Settings) -> dict:
+    config = RLRunConfig(betas=(0.05, 5.0), main_beta=0.05, iterations=2, rounds_per_iteration=10,
+                         learning_rate=0.2, teacher_reference=120, samples_in_report=5)
+    return run_rl_tune(rl_settings, config)
+
+
+def test_blender_uses_the_proxy_feature_and_explains_served_answers(rl_settings: Settings) -> None:
+    from dialog.assembly import build_pipeline
+    from dialog.client import ChatClient
+    from dialog.server import start_server
+
+    assembled = build_pipeline(rl_settings)
+    running = start_server(assembled.pipeline, rl_settings.server, rl_settings.retrieval.top_k)
+    client = ChatClient("127.0.0.1", running.port, timeout_s=30)
+    try:
+        for question, language in (("Что ты любишь готовить на ужин?", "ru"), ("Do you have any pets?", "en")):
+            reply = client.respond([("user", question)], explain=True, top_k=3)
+            best = reply.candidates[0]
+            assert reply.language == language and reply.versions.ranker
+            assert best.stage_scores["blender"] == pytest.approx(best.score)
+            contributions = {c.feature: c for c in best.contributions}
+            assert sum(c.contribution for c in contributions.values()) == pytest.approx(best.score, abs=1e-6)
+            assert np.isfinite(contributions["specificity_proxy"].value)
+    finally:
+        client.close()
+        running.stop(grace=1.0)
+        assembled.close()
+
+
+def test_rl_tune_writes_report_plots_and_a_servable_tuned_blender(rl_settings: Settings, rl_report: dict) -> None:
+    run_dir = rl_settings.artifacts_dir / "rl-run"
+    saved = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))
+    assert saved["targets"] == json.loads(json.dumps(rl_report["targets"]))
+    history = saved["runs"]["0.05"]["history"]
+    assert len(history) == 3  # the reference, then one row per iteration
+    for key in ("train_reward", "train_kl", "train_entropy", "dev_reward", "dev_r_at_1", "dev_teacher_specificity_z"):
+        assert all(np.isfinite(row[key]) for row in history), key
+    assert history[-1]["train_reward"] > history[0]["train_reward"]
+    assert saved["runs"]["5"]["history"][-1]["train_kl"] < history[-1]["train_kl"]  # a larger β stays nearer π_ref
+    for name in ("pareto.png", "curves-beta-0.05.png", "samples.md"):
+        assert (run_dir / name).stat().st_size > 0
+    assert set(saved["targets"]) == {"all", "en", "ru"}
+
+    tuned_settings = replace(rl_settings, ranker=replace(rl_settings.ranker,
+                                                         blender=str(rl_settings.artifacts_dir / TUNED_DIR)))
+    from retriever.encoder import Encoder
+
+    encoder = Encoder.from_config(rl_settings)
+    tuned, reference = load_blender(tuned_settings, encoder), load_blender(rl_settings, encoder)
+    assert tuned is not None and reference is not None
+    assert tuned.manifest.parent == reference.version
+    assert tuned.manifest.training["rl"]["beta"] == 0.05
+
+
+def test_tuned_blender_with_other_inputs_is_refused(rl_settings: Settings, rl_report: dict) -> None:
+    from dialog.assembly import build_pipeline
+
+    without_proxy = replace(rl_settings, ranker=replace(rl_settings.ranker, specificity="none",
+                                                        blender=str(rl_settings.artifacts_dir / TUNED_DIR)))
+    with pytest.raises(BlenderMismatchError, match=r"specificity: trained with .* serving has 'none'"):
+        build_pipeline(without_proxy)
