@@ -2,7 +2,7 @@
 
     python -m bench.bench_ranking train [--per-language 2000] [--hard-negatives]
     python -m bench.bench_ranking eval [--encoders e5-small e5-small-ft] [--n 500] [--bank-size 2000]
-                                       [--merge earlier_report.json]
+                                       [--merge earlier_report.json] [--blender .repliq/artifacts/blender]
 
 Development only: it reads the shared data folder (``../shared/data``). Results go to
 ``bench/results/ranking_eval.{json,md,png}`` and the training report to the work directory; the
@@ -15,8 +15,12 @@ import argparse
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from core.config import default_models_dir
+
+if TYPE_CHECKING:
+    from ranker.blender_scorer import BlenderScorer, CachingEncoder
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -66,7 +70,33 @@ def merge_reports(old: dict, new: dict) -> dict:
     return {**new, "scorers": order, "results": results, "merged_from": old["created"]}
 
 
+def blender_scorer(directory: Path, models_dir: Path, encoders: dict[str, CachingEncoder],
+                   threads: int | None) -> BlenderScorer:
+    """The blender scored with the very encoder (same weights hash) whose retrieval scores it learned from.
+
+    ``encoders`` maps names to the caching encoders of the bi-encoder rows; the blender shares one when
+    it names the same model, so that model's texts are encoded once.
+    """
+    from dataclasses import replace
+
+    from core.config import Settings
+    from dialog.eval_ranking import settings_for_blender
+    from dialog.ranker_setup import load_blender
+    from ranker.blender_scorer import BlenderScorer, CachingEncoder
+    from retriever.encoder import Encoder
+
+    settings = settings_for_blender(replace(Settings(), models_dir=models_dir), directory)
+    name = settings.encoder.name
+    if name not in encoders:
+        encoders[name] = CachingEncoder(Encoder(encoder_dir(name, models_dir), device="cpu", num_threads=threads))
+    blender = load_blender(settings, encoders[name].encoder)
+    return BlenderScorer(blender, encoders[name], context_turns=settings.retrieval.context_turns,
+                         rerank_depth=settings.retrieval.pool_k)
+
+
 def evaluate(args: argparse.Namespace) -> None:
+    from dialog.eval_ranking import write_blender_importance
+    from ranker.blender_scorer import CachingEncoder
     from ranker.evaluation import (
         BiEncoderScorer,
         BM25Scorer,
@@ -82,12 +112,17 @@ def evaluate(args: argparse.Namespace) -> None:
     datasets = [russian_dataset(args.russian, **options), topicalchat_dataset(args.topicalchat, **options)]
     scorers = [BM25Scorer()]
     threads = args.threads or None
-    scorers += [BiEncoderScorer(Encoder(encoder_dir(name, args.models_dir), device="cpu", num_threads=threads), name)
-                for name in args.encoders]
+    encoders = {name: CachingEncoder(Encoder(encoder_dir(name, args.models_dir), device="cpu", num_threads=threads))
+                for name in args.encoders}
+    scorers += [BiEncoderScorer(encoder, name) for name, encoder in encoders.items()]
+    blender = blender_scorer(args.blender, args.models_dir, encoders, threads) if args.blender else None
+    scorers += [blender] if blender is not None else []
     report = evaluate_ranking(datasets, scorers, say=print)
     if args.merge:
         report = merge_reports(json.loads(args.merge.read_text(encoding="utf-8")), report)
     paths = write_report(report, args.out)
+    if blender is not None:
+        paths["importance"] = write_blender_importance(blender.blender, args.out)
     print(ranking_table(report))
     print("written:", ", ".join(str(p) for p in paths.values()))
 
@@ -119,6 +154,7 @@ def main() -> None:
     e.add_argument("--out", type=Path, default=RESULTS)
     e.add_argument("--threads", type=int, default=0)
     e.add_argument("--merge", type=Path, help="an earlier report on the same datasets whose other scorers to keep")
+    e.add_argument("--blender", type=Path, help="a trained blender directory to add as the scorer 'blender'")
     args = parser.parse_args()
     (train if args.command == "train" else evaluate)(args)
 

@@ -50,9 +50,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Errors whose message already tells the user what to do: printed without a traceback."""
+    from ranker.blender import BlenderMismatchError
     from retriever.bank_index import BankIndexError
 
-    return (ConfigError, UserError, FileNotFoundError, ValueError, KeyError, BankIndexError)
+    return (ConfigError, UserError, FileNotFoundError, ValueError, KeyError, BankIndexError, BlenderMismatchError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

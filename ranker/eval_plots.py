@@ -1,8 +1,9 @@
-"""PNG charts of a ranking evaluation report (see :mod:`ranker.evaluation`), rendered off-screen."""
+"""PNG charts of a ranking evaluation (see :mod:`ranker.evaluation`) and of the blender in it, rendered off-screen."""
 
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -36,6 +37,33 @@ def recall_bars_png(report: dict[str, Any], metric: str = "r1_of_10") -> bytes:
     ax.set_ylim(0, 1)
     ax.legend(fontsize=8, loc="upper right")
     ax.grid(axis="y", alpha=0.3)
+    return _png_bytes(fig)
+
+
+def feature_importance_png(names: Sequence[str], gains: Sequence[float], title: str = "blender") -> bytes:
+    """Horizontal bars of each feature's total split gain, largest on top: which inputs the blender leans on."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if len(names) != len(gains):
+        raise ValueError(f"{len(names)} feature names but {len(gains)} gains")
+    order = np.argsort(np.asarray(gains, dtype=np.float64), kind="stable")
+    total = float(np.sum(gains)) or 1.0
+    fig, ax = plt.subplots(figsize=(6.5, max(2.5, 0.24 * len(names) + 1.0)), dpi=100)
+    bars = ax.barh([names[i] for i in order], [gains[i] / total for i in order], color="tab:blue")
+    ax.bar_label(bars, labels=[f"{gains[i] / total:.1%}" for i in order], fontsize=7, padding=2)
+    ax.set_xlabel("share of total gain")
+    ax.set_title(f"{title}: feature importance (gain)", fontsize=10)
+    ax.tick_params(axis="y", labelsize=7)
+    ax.grid(axis="x", alpha=0.3)
+    return _png_bytes(fig)
+
+
+def _png_bytes(fig: Any) -> bytes:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")

@@ -22,13 +22,16 @@ def register(commands: argparse._SubParsersAction) -> None:
 
     ev = commands.add_parser("eval", help="evaluate rankers")
     ev_sub = ev.add_subparsers(dest="eval_command", metavar="WHAT", required=True)
-    ranking = ev_sub.add_parser("ranking", help="R@1/10, R@1/100, MRR, bank recall@10: BM25 vs bi-encoders")
+    ranking = ev_sub.add_parser("ranking", help="R@1/10, R@1/100, MRR, bank recall@10: BM25, bi-encoders, blender")
     ranking.add_argument("--topicalchat", type=Path, help="folder with Topical-Chat valid_freq/valid_rare.json")
     ranking.add_argument("--russian", type=Path, help="Russian dialogues (.tar.xz); dev hash split is used")
     ranking.add_argument("--corpus", type=Path, action="append", default=[], help="a JSONL dialogue file")
     ranking.add_argument("--encoder", action="append", default=[], help="encoder names/paths to compare")
     ranking.add_argument("--contexts", type=int, default=300, help="contexts per dataset")
     ranking.add_argument("--out", type=Path, help="report directory (default: <home>/artifacts/eval)")
+    which = ranking.add_mutually_exclusive_group()
+    which.add_argument("--blender", type=Path, help="blender directory to score (default: the workspace blender)")
+    which.add_argument("--no-blender", action="store_true", help="leave the blender out")
     ranking.set_defaults(func=run_eval)
 
 
@@ -43,10 +46,8 @@ def run_tune(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_eval(args: argparse.Namespace, settings: Settings) -> int:
-    from core.models.registry import resolve
+    from dialog.eval_ranking import ranking_scorers, write_blender_importance
     from ranker.evaluation import (
-        BiEncoderScorer,
-        BM25Scorer,
         evaluate_ranking,
         jsonl_datasets,
         ranking_table,
@@ -54,7 +55,6 @@ def run_eval(args: argparse.Namespace, settings: Settings) -> int:
         topicalchat_dataset,
         write_report,
     )
-    from retriever.encoder import Encoder
 
     datasets = []
     if args.topicalchat:
@@ -65,10 +65,12 @@ def run_eval(args: argparse.Namespace, settings: Settings) -> int:
         datasets += jsonl_datasets(path, n_contexts=args.contexts)
     if not datasets:
         raise ValueError("no evaluation data: give --topicalchat, --russian or --corpus")
-    scorers = [BM25Scorer()]
-    for name in args.encoder or [settings.encoder.name]:
-        scorers.append(BiEncoderScorer(Encoder(resolve(name, settings.models_dir)), name=Path(name).name))
+    scorers, blender = ranking_scorers(settings, args.encoder or [settings.encoder.name], args.blender,
+                                       use_blender=not args.no_blender)
     report = evaluate_ranking(datasets, scorers, say=print)
-    write_report(report, args.out or settings.artifacts_dir / "eval")
+    out = args.out or settings.artifacts_dir / "eval"
+    write_report(report, out)
+    if blender is not None:
+        write_blender_importance(blender, out)
     print(ranking_table(report))
     return 0

@@ -1,0 +1,85 @@
+"""Which scorers `repliq eval ranking` runs: BM25, each bi-encoder, and the trained blender when there is one.
+
+The blender is loaded through :func:`dialog.ranker_setup.load_blender`, the serving path, so an
+evaluation refuses exactly the blenders serving would refuse, with the same message. Encoders are
+wrapped in one :class:`ranker.blender_scorer.CachingEncoder` per model, so the blender and the
+bi-encoder row of its own encoder encode each text once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from core.atomic import atomic_write_bytes
+from core.config import Settings
+from core.models.registry import resolve
+from dialog.ranker_setup import SPECIFICITY_DIR, load_blender
+from ranker.blender import MANIFEST_NAME, Blender, BlenderMismatchError
+from ranker.blender_scorer import BlenderScorer, CachingEncoder
+from ranker.eval_plots import feature_importance_png
+from ranker.evaluation import BiEncoderScorer, BM25Scorer, Scorer
+from retriever.encoder import Encoder
+
+
+def ranking_scorers(settings: Settings, encoder_names: Sequence[str], blender_dir: Path | None = None,
+                    use_blender: bool = True, say: Callable[[str], None] = print,
+                    ) -> tuple[list[Scorer], Blender | None]:
+    """The scorers side by side, and the blender among them (``None`` when skipped or none is trained).
+
+    ``blender_dir`` overrides the configured blender; it must still match the settings' encoder and
+    annotator resources, or :class:`ranker.blender.BlenderMismatchError` says what differs.
+    """
+    encoders = {name: CachingEncoder(Encoder(resolve(name, settings.models_dir))) for name in encoder_names}
+    scorers: list[Scorer] = [BM25Scorer()]
+    scorers += [BiEncoderScorer(encoder, name=Path(name).name) for name, encoder in encoders.items()]
+    if not use_blender:
+        return scorers, None
+    if blender_dir is not None:
+        settings = replace(settings, ranker=replace(settings.ranker, blender=str(blender_dir)))
+    shared = encoders.get(settings.encoder.name)
+    encoder = shared.encoder if shared is not None else Encoder.from_config(settings)
+    blender = load_blender(settings, encoder)
+    if blender is None:
+        say("no trained blender in this workspace (`repliq train blender`); evaluating without it")
+        return scorers, None
+    scorers.append(BlenderScorer(blender, shared or CachingEncoder(encoder),
+                                 context_turns=settings.retrieval.context_turns,
+                                 rerank_depth=settings.retrieval.pool_k))
+    return scorers, blender
+
+
+def write_blender_importance(blender: Blender, out_dir: Path, stem: str = "ranking_eval") -> Path:
+    """The blender's gain importance beside the report, so a score change can be traced to its inputs."""
+    path = Path(out_dir) / f"{stem}_blender_importance.png"
+    gains = blender.booster.feature_importance(importance_type="gain").tolist()
+    atomic_write_bytes(path, feature_importance_png(blender.feature_names, gains, f"blender {blender.version}"))
+    return path
+
+
+def settings_for_blender(settings: Settings, directory: Path) -> Settings:
+    """Settings that give a blender directory the inputs its manifest says it was trained with.
+
+    For runs outside a workspace (benchmarks): the encoder is the model named in the recorded encoder
+    identity (``model_id@weights-hash``), the context window is the recorded one, and a specificity
+    proxy, if the blender used one, is looked for beside it. ``load_blender`` then checks every one.
+    """
+    manifest_path = Path(directory) / MANIFEST_NAME
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"{directory} holds no trained blender ({MANIFEST_NAME} missing); "
+                                "give the directory `repliq train blender` wrote")
+    resources = json.loads(manifest_path.read_text(encoding="utf-8")).get("resources", {})
+    if "@" not in resources.get("encoder", ""):
+        raise BlenderMismatchError(f"{directory} does not record the encoder it was trained with; "
+                                   "run `repliq train blender` to retrain it")
+    proxy = Path(directory).parent / SPECIFICITY_DIR
+    wants_proxy = resources.get("specificity", "none") != "none" and proxy.exists()
+    return replace(
+        settings,
+        encoder=replace(settings.encoder, name=resources["encoder"].rpartition("@")[0]),
+        retrieval=replace(settings.retrieval,
+                          context_turns=int(resources.get("context_turns", settings.retrieval.context_turns))),
+        ranker=replace(settings.ranker, blender=str(directory), specificity=str(proxy) if wants_proxy else "none"),
+    )
