@@ -74,8 +74,9 @@ class ServerConfig:
 class LMConfig:
     # A model-cache name ("gemma-3-270m", "smollm2-135m"), a path to a Hugging Face directory, or "none".
     name: str = "gemma-3-270m"
-    # bf16 on 2 threads was the fastest setting within 2% of fp32 perplexity (docs/benchmarks.md).
-    dtype: str = "bf16"
+    # "auto": bf16 where the CPU/GPU computes it natively (the fastest setting within 2% of fp32
+    # perplexity there), else fp32, since emulated bf16 is several times slower (docs/benchmarks.md).
+    dtype: str = "auto"
     # torch threads while serving (process-wide in torch). 1 keeps a core free for concurrent requests
     # and, on a shared 2-core machine, was 3-10x faster than 2 under load; batch jobs pass their own.
     threads: int = 1

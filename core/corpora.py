@@ -245,6 +245,25 @@ def read_topicalchat(path: Path, limit: int | None = None) -> Iterator[Dialogue]
             yield dialogue
 
 
+TOPICALCHAT_FILES = ("valid_freq.json", "valid_rare.json")
+
+
+def read_topicalchat_folder(directory: Path) -> list[Dialogue]:
+    """Every conversation of the Topical-Chat files in ``directory`` (:data:`TOPICALCHAT_FILES`).
+
+    One reader for evaluation and training, so both see the very same conversations and ids, and the
+    hash split alone decides which side a conversation is on: of the 1,078 validation conversations,
+    the ``train`` split (~890) may adapt the retriever to the domain while ``dev``/``test`` (~190) stay
+    held out for evaluation.
+    """
+    paths = [Path(directory) / name for name in TOPICALCHAT_FILES]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"Topical-Chat files not found: {', '.join(missing)}; give the folder holding "
+                                f"{' and '.join(TOPICALCHAT_FILES)}")
+    return [dialogue for path in paths for dialogue in read_topicalchat(path)]
+
+
 def read_convai2(path: Path, limit: int | None = None) -> Iterator[Dialogue]:
     """ConvAI2 human-bot dialogues. Turn meta keeps ``sender_class`` and ``evaluation_score`` (thumbs).
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,12 +23,13 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from core.corpora import (
+    SPLITS,
     ContextPair,
     Dialogue,
     context_response_pairs,
     read_anekdot_dialogues,
     read_jsonl_dialogues,
-    read_topicalchat,
+    read_topicalchat_folder,
     split_of,
 )
 from core.text import word_tokens
@@ -36,7 +37,7 @@ from core.types import Context
 from ranker.bm25 import bm25_many
 from ranker.idf import IdfTable
 
-TOPICALCHAT_FILES = ("valid_freq.json", "valid_rare.json")
+HELD_OUT = ("dev", "test")
 
 
 @runtime_checkable
@@ -109,18 +110,22 @@ def bank_hit(ranked_texts: Sequence[str], gold: str, k: int = 10) -> float:
 
 
 def dataset_from_dialogues(name: str, dialogues: Iterable[Dialogue], *, n_contexts: int = 500, pool_size: int = 100,
-                           context_turns: int = 3, split: str | None = None, bank_size: int | None = 2000,
-                           extra_bank: Sequence[str] = (), seed: int = 0) -> EvalDataset:
+                           context_turns: int = 3, split: str | Collection[str] | None = None,
+                           bank_size: int | None = 2000, extra_bank: Sequence[str] = (),
+                           seed: int = 0) -> EvalDataset:
     """A fixed sample of contexts (at most one per dialogue while dialogues last) with distractors and a bank.
 
-    ``split`` keeps only dialogues of that :func:`core.corpora.split_of` split. The bank is every distinct
-    response of the kept dialogues, down-sampled to ``bank_size`` (golds always kept; ``None`` keeps all)
-    because encoding tens of thousands of replies takes many CPU minutes, plus ``extra_bank`` (e.g. the
-    default phrase bank).
+    ``split`` keeps only dialogues of that :func:`core.corpora.split_of` split, or of any of several
+    (``("dev", "test")``: everything a training run on ``train`` never saw); ``meta["split"]`` records it
+    (``"dev+test"``), so a report says which part of a corpus it measured. Contexts and distractors come
+    from the kept dialogues only. The bank is every distinct response of the kept dialogues, down-sampled
+    to ``bank_size`` (golds always kept; ``None`` keeps all) because encoding tens of thousands of replies
+    takes many CPU minutes, plus ``extra_bank`` (e.g. the default phrase bank).
     """
     if pool_size < 2 or n_contexts < 1:
         raise ValueError(f"need pool_size >= 2 and n_contexts >= 1, got {pool_size} and {n_contexts}")
-    kept = [d for d in dialogues if split is None or split_of(d.id) == split]
+    splits = _splits(split)
+    kept = [d for d in dialogues if splits is None or split_of(d.id) in splits]
     languages = {d.language for d in kept}
     if len(languages) != 1:
         raise ValueError(f"{name}: expected dialogues of one language, found {sorted(languages) or 'none'}; "
@@ -153,9 +158,22 @@ def dataset_from_dialogues(name: str, dialogues: Iterable[Dialogue], *, n_contex
     if bank_size is not None:
         rest = rest[:max(0, bank_size - len(golds))]
     bank = list(dict.fromkeys([*golds, *rest, *extra_bank]))
-    meta = {"dialogues": len(kept), "pairs": len(pairs), "split": split, "pool_size": pool_size, "seed": seed,
+    meta = {"dialogues": len(kept), "pairs": len(pairs), "split": None if splits is None else "+".join(splits),
+            "pool_size": pool_size, "seed": seed,
             "context_turns": context_turns, "bank_size": len(bank), "bank_all_dev": bank_size is None}
     return EvalDataset(name, languages.pop(), examples, bank, meta)
+
+
+def _splits(split: str | Collection[str] | None) -> tuple[str, ...] | None:
+    """The wanted splits in :data:`core.corpora.SPLITS` order; an unknown name is refused rather than
+    silently giving an empty (or, under a typo in an exclusion, a leaking) dataset."""
+    if split is None:
+        return None
+    wanted = {split} if isinstance(split, str) else set(split)
+    unknown = wanted - set(SPLITS)
+    if unknown or not wanted:
+        raise ValueError(f"unknown split(s) {sorted(unknown) or '(none given)'}; use {', '.join(SPLITS)}")
+    return tuple(s for s in SPLITS if s in wanted)
 
 
 def _key(text: str) -> str:
@@ -163,14 +181,14 @@ def _key(text: str) -> str:
 
 
 def topicalchat_dataset(directory: Path, **options: Any) -> EvalDataset:
-    """English dev: Topical-Chat valid (freq + rare), a domain the retriever was not trained on."""
-    paths = [Path(directory) / name for name in TOPICALCHAT_FILES]
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
-        raise FileNotFoundError(f"Topical-Chat files not found: {', '.join(missing)}; give the folder holding "
-                                f"{' and '.join(TOPICALCHAT_FILES)}")
-    dialogues = [d for path in paths for d in read_topicalchat(path)]
-    return dataset_from_dialogues("en-topicalchat", dialogues, **options)
+    """English held-out set: the ``dev`` and ``test`` hash splits of Topical-Chat valid (freq + rare).
+
+    The ``train`` split is left out because ``repliq train retriever --topicalchat`` may adapt the
+    encoder on it; evaluating on it would credit the model for conversations it was trained on. The
+    name says ``heldout`` so a report on this part is never mistaken for one on all conversations.
+    """
+    dialogues = read_topicalchat_folder(Path(directory))
+    return dataset_from_dialogues("en-topicalchat-heldout", dialogues, split=HELD_OUT, **options)
 
 
 def russian_dataset(path: Path, **options: Any) -> EvalDataset:

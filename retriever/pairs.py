@@ -3,14 +3,16 @@
 Pairs come only from the ``train`` split of :func:`core.corpora.split_of`, so a dialogue used for
 training can never show up in a dev evaluation built from the same corpus. One pair is taken per
 dialogue (a random turn of it) before any dialogue gives a second one: many different dialogues teach
-the encoder more than many turns of a few.
+the encoder more than many turns of a few. Besides the default casual mix (chitchat, Russian jokes),
+extra :class:`PairSource` corpora (Topical-Chat, any JSONL dialogue file) can join it for domain
+adaptation, under the same split rule.
 """
 
 from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
@@ -18,7 +20,16 @@ from typing import Protocol
 import numpy as np
 
 from core.atomic import atomic_write_json, sha256_json
-from core.corpora import SPLITS, Dialogue, context_response_pairs, read_anekdot_dialogues, read_chitchat, split_of
+from core.corpora import (
+    SPLITS,
+    Dialogue,
+    context_response_pairs,
+    read_anekdot_dialogues,
+    read_chitchat,
+    read_jsonl_dialogues,
+    read_topicalchat_folder,
+    split_of,
+)
 
 MAX_RESPONSE_CHARS = 300
 MIN_RESPONSE_CHARS = 2
@@ -33,6 +44,19 @@ class TrainPair:
     language: str
     conversation_id: str
     negative: str | None = None
+
+
+@dataclass(frozen=True)
+class PairSource:
+    """A corpus added to the default mix with its own pair counts per split.
+
+    Its own counts, not the per-language ones, because an in-domain corpus is usually wanted in a
+    different amount than the casual one it adapts (and a small corpus cannot give as many).
+    """
+
+    name: str
+    dialogues: Sequence[Dialogue]
+    counts: Mapping[str, int]
 
 
 class QueryPassageEncoder(Protocol):
@@ -81,17 +105,53 @@ def sample_pairs(dialogues: Iterable[Dialogue], limit: int, *, split: str = "tra
     return picked
 
 
+def _check_splits(counts: Mapping[str, int], what: str) -> None:
+    unknown = set(counts) - set(SPLITS)
+    if unknown:
+        raise ValueError(f"{what}: unknown split(s) {sorted(unknown)}; use {', '.join(SPLITS)}")
+    negative = sorted(split for split, count in counts.items() if count < 0)
+    if negative:
+        raise ValueError(f"{what}: pair counts must be >= 0, got {', '.join(f'{s}={counts[s]}' for s in negative)}")
+
+
+def topicalchat_source(directory: Path, counts: Mapping[str, int]) -> PairSource:
+    """Topical-Chat (``valid_freq.json`` + ``valid_rare.json`` in ``directory``) as a pair source.
+
+    Asking for ``train`` pairs takes them from the ``train`` hash split only, the part the English
+    held-out evaluation (``ranker.evaluation.topicalchat_dataset``, ``dev`` + ``test``) leaves out.
+    """
+    return PairSource("topicalchat", read_topicalchat_folder(Path(directory)), dict(counts))
+
+
+def jsonl_sources(path: Path, counts: Mapping[str, int]) -> list[PairSource]:
+    """A ``core.corpora`` JSONL dialogue file as one source per language, so ``counts`` are per language
+    as in the default mix and a large language cannot crowd out a small one."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"dialogue file {path} does not exist; give a JSONL file in the repliq dialogue "
+                                "format")
+    by_language: dict[str, list[Dialogue]] = {}
+    for dialogue in read_jsonl_dialogues(path):
+        by_language.setdefault(dialogue.language, []).append(dialogue)
+    if not by_language:
+        raise ValueError(f"{path} holds no dialogues")
+    return [PairSource(f"{path.stem}:{language}", items, dict(counts))
+            for language, items in sorted(by_language.items())]
+
+
 def bilingual_pairs(counts: dict[str, int], russian_path: Path | None, *, english: bool = True,
-                    context_turns: int = 3, seed: int = 0) -> dict[str, list[TrainPair]]:
+                    extra: Sequence[PairSource] = (), context_turns: int = 3,
+                    seed: int = 0) -> dict[str, list[TrainPair]]:
     """The default mix per split (e.g. ``{"train": 1500, "dev": 100}`` pairs per language and split).
 
     English comes from the chitchat-dataset package, Russian from Koziev's joke dialogues, a file the
-    caller gives (``koziev_anekdot_dialogues.tar.xz``); without it the mix is English only. Each corpus
-    is read once for all splits.
+    caller gives (``koziev_anekdot_dialogues.tar.xz``); without it the mix is English only. ``extra``
+    sources follow, each with its own counts (a split a source does not name gets none from it). Each
+    corpus is read once for all splits, and every split of every source obeys :func:`split_of`.
     """
-    unknown = set(counts) - set(SPLITS)
-    if unknown:
-        raise ValueError(f"unknown split(s) {sorted(unknown)}; use {', '.join(SPLITS)}")
+    _check_splits(counts, "the default mix")
+    for source in extra:
+        _check_splits(source.counts, source.name)
     corpora: list[list[Dialogue]] = []
     if english:
         corpora.append(list(read_chitchat()))
@@ -101,10 +161,16 @@ def bilingual_pairs(counts: dict[str, int], russian_path: Path | None, *, englis
             raise FileNotFoundError(f"Russian dialogues file {path} does not exist; give the path to "
                                     "koziev_anekdot_dialogues.tar.xz (or its .txt)")
         corpora.append(list(read_anekdot_dialogues(path)))
-    if not corpora:
+    if not corpora and not extra:
         raise ValueError("no training corpus: enable English or give a Russian dialogues file")
-    return {split: [pair for dialogues in corpora for pair in sample_pairs(
-        dialogues, count, split=split, context_turns=context_turns, seed=seed)] for split, count in counts.items()}
+    out: dict[str, list[TrainPair]] = {}
+    for split in dict.fromkeys([*counts, *(split for source in extra for split in source.counts)]):
+        out[split] = [pair for dialogues in corpora for pair in sample_pairs(
+            dialogues, counts.get(split, 0), split=split, context_turns=context_turns, seed=seed)]
+        for source in extra:
+            out[split] += sample_pairs(source.dialogues, source.counts.get(split, 0), split=split,
+                                       context_turns=context_turns, seed=seed)
+    return out
 
 
 def cached_pairs(path: Path, key: str, build: Callable[[], list[TrainPair]]) -> list[TrainPair]:

@@ -139,7 +139,10 @@ def _boost(booster: lgb.Booster, ctx: _RunData, reg: Regularization, config: Pol
         "num_threads": config.num_threads,
         "verbosity": -1,
     }
-    data = lgb.Dataset(ctx.train.X, group=ctx.train.group_sizes, params={"verbosity": -1, "feature_pre_filter": False})
+    # The reference booster's feature names must survive: a tuned booster named Column_0.. would be
+    # refused by the blender that wraps it.
+    data = lgb.Dataset(ctx.train.X, group=ctx.train.group_sizes, feature_name=list(booster.feature_name()),
+                       params={"verbosity": -1, "feature_pre_filter": False})
     return lgb.train(params, data, num_boost_round=config.rounds_per_iteration, init_model=booster)
 
 

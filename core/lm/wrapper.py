@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import inspect
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from core.models.local import weights_digest
 from core.models.manifest import MANIFEST_NAME, ModelManifest
 
-DTYPES = ("fp32", "bf16", "int8")
+DTYPES = ("auto", "fp32", "bf16", "int8")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -26,8 +26,10 @@ class LMUnavailable(RuntimeError):
 
 @dataclass(frozen=True)
 class LMOptions:
+    # fp32 unless asked: exact scores are the safe library default. "auto" (the serving config's
+    # default) is bf16 where the hardware computes it natively, else fp32 (see ``resolve_dtype``).
     # "int8" is dynamic quantization of the Linear layers (CPU only). Fast, but on gemma-3-270m it
-    # multiplies perplexity by ~2.8 (activation outliers; see bench/bench_lm.py): prefer "bf16".
+    # multiplies perplexity by ~2.8 (activation outliers; see bench/bench_lm.py).
     dtype: str = "fp32"
     # torch intra-op threads. This is process-wide in torch: None leaves the current setting alone.
     threads: int | None = None
@@ -51,6 +53,26 @@ def _pick_device(requested: str) -> str:
     if requested == "cuda" and not torch.cuda.is_available():
         raise ValueError("LM device 'cuda' was requested but torch sees no GPU; use device 'cpu' or 'auto'")
     return requested
+
+
+def native_bf16(device: str) -> bool:
+    """Whether bf16 matmuls run in hardware here: on a CPU without AVX512-BF16 or AMX, torch emulates
+    them and bf16 scoring measured ~5x *slower* than fp32 (AMD EPYC, AVX2 only), while on a CPU with
+    them it was ~2x faster (docs/benchmarks.md)."""
+    import torch
+
+    if device == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    cpu = getattr(torch, "cpu", None)
+    checks = [getattr(cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(bool(check()) for check in checks if check is not None)
+
+
+def resolve_dtype(requested: str, device: str) -> str:
+    """The precision actually loaded; ``auto`` becomes bf16 or fp32 by :func:`native_bf16`."""
+    if requested != "auto":
+        return requested
+    return "bf16" if native_bf16(device) else "fp32"
 
 
 class DecoderLM:
@@ -107,6 +129,9 @@ class DecoderLM:
                 "by save_pretrained or a packaged model name such as 'gemma-3-270m'"
             )
         device = _pick_device(options.device)
+        # Resolved before anything is keyed on it: ``lm_id`` (and so every stored score) names the
+        # precision really used, never "auto".
+        options = replace(options, dtype=resolve_dtype(options.dtype, device))
         if options.dtype == "int8" and device != "cpu":
             raise ValueError("int8 dynamic quantization runs on CPU only; use dtype 'bf16' on a GPU")
         if options.threads is not None:

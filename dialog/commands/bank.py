@@ -98,7 +98,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         description="Stores unconditional log-probabilities per phrase version and LM in the bank. "
         "Safe to interrupt: each batch is committed, and a rerun continues where it stopped.")
     score.add_argument("--lm", help="LM name or directory (default: [lm] name from the config)")
-    score.add_argument("--dtype", choices=("fp32", "bf16", "int8"), help="default: [lm] dtype from the config")
+    score.add_argument("--dtype", choices=("auto", "fp32", "bf16", "int8"), help="default: [lm] dtype from the config")
     score.add_argument("--batch-size", type=int, default=32)
     score.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
     score.set_defaults(func=run_score)

@@ -23,7 +23,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     ev = commands.add_parser("eval", help="evaluate rankers")
     ev_sub = ev.add_subparsers(dest="eval_command", metavar="WHAT", required=True)
     ranking = ev_sub.add_parser("ranking", help="R@1/10, R@1/100, MRR, bank recall@10: BM25, bi-encoders, blender")
-    ranking.add_argument("--topicalchat", type=Path, help="folder with Topical-Chat valid_freq/valid_rare.json")
+    ranking.add_argument("--topicalchat", type=Path, help="folder with Topical-Chat valid_freq/valid_rare.json; "
+                         "dev+test hash splits are used (train may adapt the retriever)")
     ranking.add_argument("--russian", type=Path, help="Russian dialogues (.tar.xz); dev hash split is used")
     ranking.add_argument("--corpus", type=Path, action="append", default=[], help="a JSONL dialogue file")
     ranking.add_argument("--encoder", action="append", default=[], help="encoder names/paths to compare")

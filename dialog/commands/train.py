@@ -8,6 +8,9 @@ from pathlib import Path
 
 from core.config import Settings
 
+TOPICALCHAT_PAIRS = 2000  # Topical-Chat training pairs: about two turns of each train-split conversation
+DEV_PAIRS = 100  # held-out pairs per language and corpus for the before/after R@1-of-10 in the manifest
+
 
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("train", help="train the blender, the retriever or a reward model")
@@ -45,6 +48,17 @@ def register_more(sub: argparse._SubParsersAction) -> None:
     retriever.add_argument("--name", default="e5-small-ft", help="name of the new encoder in the model cache")
     retriever.add_argument("--russian", type=Path, help="Russian dialogues (Koziev anekdot .tar.xz)")
     retriever.add_argument("--per-language", type=int, default=2000, help="training pairs per language")
+    retriever.add_argument("--topicalchat", type=Path,
+                           help="folder with Topical-Chat valid_freq/valid_rare.json; train hash split is added "
+                                "(domain adaptation), dev split joins the dev metric")
+    retriever.add_argument("--topicalchat-pairs", type=int, metavar="N",
+                           help=f"Topical-Chat training pairs (with --topicalchat; default {TOPICALCHAT_PAIRS})")
+    retriever.add_argument("--corpus", type=Path, action="append", default=[],
+                           help="a JSONL dialogue file (repeatable); train hash split is added, dev split joins "
+                                "the dev metric (do not also evaluate it with `eval ranking --corpus`, which "
+                                "uses every dialogue)")
+    retriever.add_argument("--corpus-pairs", type=int, default=2000, metavar="N",
+                           help="training pairs per language of each --corpus file (default 2000)")
     retriever.add_argument("--hard-negatives", action="store_true", help="mine hard negatives with the base encoder")
     retriever.add_argument("--work", type=Path, help="checkpoint directory (default: <home>/artifacts/train-<name>)")
     retriever.set_defaults(func=run_retriever)
@@ -64,11 +78,20 @@ def register_more(sub: argparse._SubParsersAction) -> None:
 
 def run_retriever(args: argparse.Namespace, settings: Settings) -> int:
     from retriever.encoder import Encoder
-    from retriever.pairs import bilingual_pairs, mine_hard_negatives
+    from retriever.pairs import PairSource, bilingual_pairs, jsonl_sources, mine_hard_negatives, topicalchat_source
     from retriever.train import RetrieverTrainConfig, train_retriever
 
+    if args.topicalchat_pairs is not None and args.topicalchat is None:
+        raise ValueError("--topicalchat-pairs needs --topicalchat DIR (the folder with valid_freq/valid_rare.json)")
     config = RetrieverTrainConfig(base=args.base, name=args.name)
-    splits = bilingual_pairs({"train": args.per_language, "dev": 100}, args.russian, seed=config.seed)
+    extra: list[PairSource] = []
+    if args.topicalchat is not None:
+        count = TOPICALCHAT_PAIRS if args.topicalchat_pairs is None else args.topicalchat_pairs
+        extra.append(topicalchat_source(args.topicalchat, {"train": count, "dev": DEV_PAIRS}))
+    for path in args.corpus:
+        extra += jsonl_sources(path, {"train": args.corpus_pairs, "dev": DEV_PAIRS})
+    splits = bilingual_pairs({"train": args.per_language, "dev": DEV_PAIRS}, args.russian, extra=extra,
+                             seed=config.seed)
     pairs = splits["train"]
     if args.hard_negatives:
         from core.models.registry import resolve

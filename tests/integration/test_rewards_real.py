@@ -61,7 +61,7 @@ def teacher_slice(models_dir: Path, shared_data: Path) -> tuple[list[str], list[
     from core.models.cache import prepare
 
     prepare(["gemma-3-270m"], models_dir)
-    lm = DecoderLM.from_cache("gemma-3-270m", models_dir, LMOptions(dtype="bf16", threads=1))
+    lm = DecoderLM.from_cache("gemma-3-270m", models_dir, LMOptions(threads=1))
     texts, languages = bank_like_slice(shared_data)
     scores = score_with_cache(lm, [None] * len(texts), texts, languages, cache=None, batch_size=32)
     return texts, languages, teacher_values(scores, DEFAULT_DEFINITION)

@@ -31,6 +31,16 @@ def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
         assert "usage: repliq" in capsys.readouterr().out
 
 
+def test_train_retriever_help_lists_the_domain_adaptation_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["train", "retriever", "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--topicalchat TOPICALCHAT", "--topicalchat-pairs N", "--corpus CORPUS", "--corpus-pairs N"):
+        assert flag in out, flag
+    assert "train hash split" in out
+
+
 def test_malformed_import_leaves_the_bank_unchanged(home: Path, tmp_path: Path,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     good = tmp_path / "good.jsonl"

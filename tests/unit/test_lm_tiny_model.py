@@ -18,7 +18,7 @@ from core.bank.store import PhraseBank
 from core.lm import bank_scores
 from core.lm.bank_scores import load_bank_scores, score_bank
 from core.lm.scoring import ContextScorer, score_replies, score_texts
-from core.lm.wrapper import DecoderLM, LMOptions, LMUnavailable, NullLM
+from core.lm.wrapper import DecoderLM, LMOptions, LMUnavailable, NullLM, native_bf16, resolve_dtype
 from core.models.registry import all_specs
 from core.types import Context, Turn
 from dialog.generation.filters import FilterConfig, ReplyFilter
@@ -141,6 +141,22 @@ def test_options_are_validated_and_int8_scores_close(tiny_dir: Path, tiny_lm: De
     assert int8.lm_id.split(":")[0] == tiny_lm.lm_id.split(":")[0]
     fp32, quantized = score_texts(tiny_lm, TEXTS[:3]), score_texts(int8, TEXTS[:3])
     assert [q.mean_logprob for q in quantized] == pytest.approx([f.mean_logprob for f in fp32], rel=0.05)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_dtype_follows_native_bf16_and_names_the_real_precision(
+        tiny_dir: Path, monkeypatch: pytest.MonkeyPatch, native: bool) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert native_bf16("cpu") is native
+    assert resolve_dtype("auto", "cpu") == ("bf16" if native else "fp32")
+    assert resolve_dtype("int8", "cpu") == "int8"
+    lm = DecoderLM.from_dir(tiny_dir, LMOptions(dtype="auto", device="cpu"))
+    expected = "bf16" if native else "fp32"
+    assert lm.lm_id.endswith(f":{expected}") and lm.options.dtype == expected
+    assert next(lm.model.parameters()).dtype == (torch.bfloat16 if native else torch.float32)
 
 
 def test_generation_returns_by_the_deadline_with_what_finished(tiny_lm: DecoderLM) -> None:

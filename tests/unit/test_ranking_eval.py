@@ -86,6 +86,15 @@ def test_split_filter_and_refusals() -> None:
     dialogues = toy_dialogues(200)
     dev = dataset_from_dialogues("toy", dialogues, n_contexts=10, pool_size=5, split="dev")
     assert {split_of(ex.conversation_id) for ex in dev.examples} == {"dev"}
+    assert dev.meta["split"] == "dev"
+    held_out = dataset_from_dialogues("toy", dialogues, n_contexts=500, pool_size=5, split={"test", "dev"})
+    assert {split_of(ex.conversation_id) for ex in held_out.examples} == {"dev", "test"}
+    assert held_out.meta["split"] == "dev+test"  # SPLITS order, whatever order the caller gave
+    assert held_out.meta["dialogues"] == sum(split_of(d.id) != "train" for d in dialogues)
+    with pytest.raises(ValueError, match="unknown split"):
+        dataset_from_dialogues("toy", dialogues, pool_size=5, split=("dev", "valid"))
+    with pytest.raises(ValueError, match="unknown split"):
+        dataset_from_dialogues("toy", dialogues, pool_size=5, split=())
     with pytest.raises(ValueError, match="one language"):
         dataset_from_dialogues("mixed", toy_dialogues(5) + toy_dialogues(5, "ru", "ru"), pool_size=3)
     with pytest.raises(ValueError, match="lower pool_size"):

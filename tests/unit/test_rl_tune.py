@@ -72,6 +72,17 @@ def test_tuning_raises_held_out_reward_and_beta_bounds_kl(problem: dict) -> None
     assert loose.booster.num_trees() == problem["ref"].num_trees() + 15
 
 
+def test_tuned_booster_keeps_the_reference_feature_names(problem: dict) -> None:
+    names = ["spec", "label", "noise_a", "noise_b"]
+    train = problem["train"]
+    labels = (np.nan_to_num(train.X[:, 1]) > 0.5).astype(int)
+    ref = lgb.train({"objective": "lambdarank", "verbosity": -1, "num_leaves": 7, "seed": 1, "num_threads": 1},
+                    lgb.Dataset(train.X, labels, group=train.group_sizes, feature_name=names), num_boost_round=5)
+    result = tune_policy(ref, train, problem["dev"], problem["train_r"], {},
+                         dataclasses.replace(BASE, iterations=1))
+    assert result.booster.feature_name() == names
+
+
 def test_resume_continues_from_the_saved_iteration(problem: dict, tmp_path: Path) -> None:
     straight = run(problem, BASE)
     first = run(problem, dataclasses.replace(BASE, iterations=2), out_dir=tmp_path)
