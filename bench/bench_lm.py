@@ -34,7 +34,7 @@ from core.atomic import atomic_write_json  # noqa: E402
 from core.config import default_models_dir  # noqa: E402
 from core.lm.prompts import prompt_format  # noqa: E402
 from core.lm.scoring import score_texts  # noqa: E402
-from core.lm.wrapper import DecoderLM, LMOptions  # noqa: E402
+from core.lm.wrapper import DecoderLM, LMOptions, native_bf16, resolve_dtype  # noqa: E402
 from core.types import Context, Turn  # noqa: E402
 
 QUALITY_TOLERANCE = 0.02
@@ -105,6 +105,17 @@ def measure_generation(lm: DecoderLM, new_tokens: int) -> float:
     return (out.shape[1] - ids.shape[1]) / (time.perf_counter() - started)
 
 
+def _cpu_model() -> str:
+    """The processor's name: bf16 speed depends on it more than on anything else measured here."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def markdown(rows: list[dict], recommended: str, model: str) -> str:
     lines = [
         f"Decoder LM `{model}`: 40 sentences (20 ru + 20 en), batch 16; greedy generation at batch 1.",
@@ -171,8 +182,11 @@ def main() -> int:
     recommended = max(eligible, key=lambda r: r["phrases_per_s"])
     result = {
         "model": args.model,
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_average_1m": load_average,
-                    "torch": torch.__version__},
+        "machine": {"platform": platform.platform(), "cpu": _cpu_model(), "cpus": os.cpu_count(),
+                    "cpu_capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": native_bf16("cpu"),
+                    "load_average_1m": load_average, "torch": torch.__version__},
+        # What `[lm] dtype = "auto"` loads on this machine, to compare with the recommendation.
+        "auto_dtype": resolve_dtype("auto", "cpu"),
         "sentences": len(SENTENCES),
         "new_tokens": args.new_tokens,
         "quality_tolerance": QUALITY_TOLERANCE,

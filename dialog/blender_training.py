@@ -88,7 +88,8 @@ class ReusingEncoder:
 
     Bank phrases already have vectors in the index, and each context's query is needed twice (to
     retrieve and to score the gold and random phrases); encoding dominates the build, so both are
-    looked up instead of recomputed.
+    looked up instead of recomputed. RL tuning reuses it too: its reward models read every candidate
+    text several times (standardization, train and dev rewards; relevance and proxy alike).
     """
 
     def __init__(self, encoder: Encoder, bank_index: BankIndex) -> None:
@@ -113,9 +114,9 @@ class ReusingEncoder:
 
     def encode_passages(self, texts: Sequence[str]) -> np.ndarray:
         missing = [t for t in dict.fromkeys(texts) if t not in self._passages]
-        fresh = dict(zip(missing, self.encoder.encode_passages(missing), strict=True)) if missing else {}
-        vectors = [self._passages[t] if t in self._passages else fresh[t] for t in texts]
-        return np.stack(vectors) if vectors else np.empty((0, self.dim), np.float32)
+        if missing:
+            self._passages.update(zip(missing, self.encoder.encode_passages(missing), strict=True))
+        return np.stack([self._passages[t] for t in texts]) if texts else np.empty((0, self.dim), np.float32)
 
 
 def train_workspace_blender(settings: Settings, corpora: BlenderCorpora, config: BlenderTrainConfig,

@@ -18,12 +18,14 @@ from typing import Any
 import numpy as np
 
 from core.atomic import atomic_write_json, atomic_write_text
+from core.bank.store import PhraseBank
 from core.config import Settings
 from core.lm.wrapper import DecoderLM, LMOptions
 from core.types import Context
-from dialog.blender_training import DATA_SUFFIX, load_training_data
+from dialog.blender_training import DATA_SUFFIX, ReusingEncoder, load_training_data
 from dialog.ranker_setup import BLENDER_DIR, SPECIFICITY_DIR, annotator_resources
 from ranker.blender import Blender
+from retriever.bank_index import load_index
 from retriever.encoder import Encoder
 from rl.plots import plot_history, plot_pareto
 from rl.policy import Groups, group_argmax
@@ -101,8 +103,10 @@ def run_rl_tune(settings: Settings, config: RLRunConfig, out_dir: Path | None = 
     dataset, contexts_by_id, languages_by_id = load_training_data(blender_dir.with_name(BLENDER_DIR + DATA_SUFFIX))
     train, dev = dataset.subset("train"), dataset.subset("dev")
 
-    proxy = load_specificity_proxy(settings.artifacts_dir / SPECIFICITY_DIR, encoder)
-    relevance = load_relevance_model(settings.artifacts_dir / RELEVANCE_DIR, encoder)
+    with PhraseBank(settings.bank_path) as bank:
+        reusing = ReusingEncoder(encoder, load_index(settings, encoder, bank))
+    proxy = load_specificity_proxy(settings.artifacts_dir / SPECIFICITY_DIR, reusing)
+    relevance = load_relevance_model(settings.artifacts_dir / RELEVANCE_DIR, reusing)
     reward = RewardModel(relevance, proxy_specificity(proxy), config.reward)
     train_contexts = [contexts_by_id[cid] for cid in train.context_ids]
     owners = np.repeat(np.arange(len(train_contexts)), train.group_sizes)
