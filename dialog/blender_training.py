@@ -135,7 +135,9 @@ def train_workspace_blender(settings: Settings, corpora: BlenderCorpora, config:
                              settings.retrieval.context_turns, corpora.seed)
         corpus_texts = (turn.text for dialogue in dialogues for turn in dialogue.turns)
         idf = IdfTable.build(itertools.chain((p.text for p in approved), corpus_texts))
-        resources, descriptor = annotator_resources(settings, encoder, idf)
+        # The reusing encoder here too: the specificity-proxy feature embeds every candidate, and all but
+        # the gold reply are bank phrases whose vectors the index already holds.
+        resources, descriptor = annotator_resources(settings, reusing, idf)
         annotators = build_annotators(resources)
         with tqdm(total=len(pairs), desc="building ranking data", unit="context") as bar:
             dataset = build_ranking_dataset(
