@@ -42,8 +42,11 @@ TUNED_DIR = "blender-rl"
 
 @dataclass
 class RLRunConfig:
-    betas: tuple[float, ...] = (0.05, 0.2, 1.0)
-    main_beta: float = 0.2
+    betas: tuple[float, ...] = (0.05, 0.2, 1.0, 3.0)
+    # The β whose policy is saved; None picks it by the relevance guard (see ``choose_beta``).
+    main_beta: float | None = None
+    # Relevance retention guard: dev R@1 may fall at most this far below π_ref (issue target: 2 points).
+    max_r_at_1_drop: float = 0.02
     alpha: float = 0.02
     iterations: int = 4
     rounds_per_iteration: int = 15
@@ -128,8 +131,8 @@ def run_rl_tune(settings: Settings, config: RLRunConfig, out_dir: Path | None = 
                               "reward": reward.state(), "dev_groups": len(dev.group_sizes),
                               "teacher": {"definition": proxy.config.teacher, "lm": lm.lm_id,
                                           "reference_mean": judge.teacher_mean, "reference_sd": judge.teacher_sd}}
-    tuned_main = None
-    for beta in sorted(set(config.betas) | {config.main_beta}):
+    results = {}
+    for beta in sorted(set(config.betas) | ({config.main_beta} if config.main_beta is not None else set())):
         tune_config = PolicyTuneConfig(beta=beta, alpha=config.alpha, iterations=config.iterations,
                                        rounds_per_iteration=config.rounds_per_iteration,
                                        learning_rate=config.learning_rate, seed=config.seed)
@@ -141,23 +144,23 @@ def run_rl_tune(settings: Settings, config: RLRunConfig, out_dir: Path | None = 
         report["runs"][f"{beta:g}"] = {"history": result.history, "final": final,
                                        "proxy_disagreement_top1": disagreement}
         plot_history(result.history, out_dir / f"curves-beta-{beta:g}.png")
-        if beta == config.main_beta:
-            tuned_main = result
+        results[beta] = result
     points = [{"beta": float(b), "dev_specificity": run["final"]["teacher_specificity_z"],
                "dev_r_at_1": run["final"]["r_at_1"]} for b, run in report["runs"].items()]
     plot_pareto(points, out_dir / "pareto.png")
-    assert tuned_main is not None
+    main_beta, report["selection"] = choose_beta(report, config)
+    tuned_main = results[main_beta]
     tuned = Blender.from_booster(tuned_main.booster, dataset, reference.manifest.params,
                                  annotators=reference.annotators, parent=reference.version, idf=reference.idf)
     tuned.manifest.resources = dict(reference.manifest.resources)
-    tuned.manifest.training = {"rl": {"beta": config.main_beta, "alpha": config.alpha,
+    tuned.manifest.training = {"rl": {"beta": main_beta, "alpha": config.alpha,
                                       "reward": asdict(config.reward), "teacher": proxy.config.teacher},
                                "reference": reference.version}
-    tuned.manifest.metrics = report["runs"][f"{config.main_beta:g}"]["final"]
+    tuned.manifest.metrics = report["runs"][f"{main_beta:g}"]["final"]
     tuned.save(settings.artifacts_dir / TUNED_DIR)
     report["tuned_blender"] = str(settings.artifacts_dir / TUNED_DIR)
     report["samples"] = _samples(ref_scores, tuned_main.predict(dev.X), dev, dev_contexts, config)
-    report["targets"] = _targets(report, config)
+    report["targets"] = _targets(report, main_beta)
     atomic_write_json(out_dir / "report.json", report)
     atomic_write_text(out_dir / "samples.md", _samples_markdown(report["samples"]))
     return report
@@ -184,8 +187,34 @@ def _samples_markdown(samples: list[dict[str, str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _targets(report: dict[str, Any], config: RLRunConfig) -> dict[str, Any]:
-    ref, final = report["reference"], report["runs"][f"{config.main_beta:g}"]["final"]
+def choose_beta(report: dict[str, Any], config: RLRunConfig) -> tuple[float, dict[str, Any]]:
+    """The β to serve: the given one, else the most specific policy that keeps relevance.
+
+    "Keeps relevance" is the Goodhart guard: dev R@1 (overall and in every language) no more than
+    ``max_r_at_1_drop`` below π_ref. When no β passes, the largest β (the policy closest to π_ref) is
+    served and the report says the guard failed, rather than shipping a policy that lost the gold.
+    """
+    if config.main_beta is not None:
+        return config.main_beta, {"rule": "given", "beta": config.main_beta}
+    ref = report["reference"]
+    r1_keys = [k for k in ref if k.startswith("r_at_1")]
+
+    def keeps_relevance(final: dict[str, float]) -> bool:
+        return all(ref[k] - final[k] <= config.max_r_at_1_drop for k in r1_keys)
+
+    runs = {float(b): run["final"] for b, run in report["runs"].items()}
+    passing = [b for b, final in runs.items() if keeps_relevance(final)]
+    if passing:
+        beta = max(passing, key=lambda b: runs[b]["teacher_specificity_z"])
+        return beta, {"rule": "most specific within the R@1 guard", "beta": beta, "passing": sorted(passing),
+                      "max_r_at_1_drop": config.max_r_at_1_drop}
+    beta = max(runs)
+    return beta, {"rule": "no β kept R@1 within the guard; serving the one closest to π_ref", "beta": beta,
+                  "passing": [], "max_r_at_1_drop": config.max_r_at_1_drop}
+
+
+def _targets(report: dict[str, Any], main_beta: float) -> dict[str, Any]:
+    ref, final = report["reference"], report["runs"][f"{main_beta:g}"]["final"]
     out: dict[str, Any] = {}
     for key in [k for k in ref if k.startswith("teacher_specificity_z")]:
         suffix = key[len("teacher_specificity_z"):]

@@ -13,8 +13,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("rl", help="RL tuning of the blender toward sensible and specific replies")
     sub = parser.add_subparsers(dest="rl_command", metavar="ACTION", required=True)
     tune = sub.add_parser("tune", help="tune the blender as a policy (needs the blender, proxy and relevance models)")
-    tune.add_argument("--betas", type=float, nargs="+", default=[0.05, 0.2, 1.0], help="KL coefficients to sweep")
-    tune.add_argument("--beta", type=float, default=0.2, help="the β whose policy is saved as blender-rl")
+    tune.add_argument("--betas", type=float, nargs="+", default=[0.05, 0.2, 1.0, 3.0], help="KL coefficients to sweep")
+    tune.add_argument("--beta", type=float, default=None,
+                      help="the β whose policy is saved as blender-rl (default: the most specific one whose dev "
+                           "R@1 stays within --max-r1-drop of the supervised blender)")
+    tune.add_argument("--max-r1-drop", type=float, default=0.02,
+                      help="relevance guard for choosing β: allowed fall in dev R@1 (default 0.02)")
     tune.add_argument("--alpha", type=float, default=0.02, help="entropy bonus")
     tune.add_argument("--iterations", type=int, default=4)
     tune.add_argument("--out", type=Path, help="run directory (default: <home>/artifacts/rl-run)")
@@ -39,9 +43,10 @@ def register(commands: argparse._SubParsersAction) -> None:
 def run_tune(args: argparse.Namespace, settings: Settings) -> int:
     from dialog.rl_tuning import RLRunConfig, run_rl_tune
 
-    config = RLRunConfig(betas=tuple(args.betas), main_beta=args.beta, alpha=args.alpha, iterations=args.iterations)
+    config = RLRunConfig(betas=tuple(args.betas), main_beta=args.beta, alpha=args.alpha, iterations=args.iterations,
+                         max_r_at_1_drop=args.max_r1_drop)
     report = run_rl_tune(settings, config, args.out, progress=lambda row: print(json.dumps(row)))
-    print(json.dumps({"reference": report["reference"], "targets": report["targets"],
+    print(json.dumps({"reference": report["reference"], "selection": report["selection"], "targets": report["targets"],
                       "tuned_blender": report["tuned_blender"]}, indent=2))
     return 0
 

@@ -160,7 +160,10 @@ def free_port() -> int:
 def test_cli_serve_ask_and_sigterm_drain(real_home: Path, models_dir: Path, tmp_path: Path) -> None:
     port = free_port()
     env = {**os.environ, "REPLIQ_HOME": str(real_home), "REPLIQ_MODELS": str(models_dir),
-           "REPLIQ_SERVER_MAX_WORKERS": "4", "REPLIQ_GENERATION_MODE": "off"}
+           "REPLIQ_SERVER_MAX_WORKERS": "4", "REPLIQ_GENERATION_MODE": "off",
+           # The drain itself is under test, not the machine's speed: on a loaded 2-core box 47 queued
+           # calls once took longer than the default 30 s grace and the last was cancelled.
+           "REPLIQ_SERVER_DRAIN_GRACE_S": "180"}
     repliq = [sys.executable, "-m", "dialog.cli"]
     # The log goes to a file: an unread pipe fills up and blocks the server's logging mid-drain.
     log_path = tmp_path / "server.log"

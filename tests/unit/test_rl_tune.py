@@ -154,3 +154,24 @@ def test_plots_write_pngs(problem: dict, tmp_path: Path) -> None:
         True, True, True, False]
     with pytest.raises(ValueError, match="dev_r_at_1"):
         plot_pareto([{"dev_specificity": 1.0}], tmp_path / "x.png")
+
+
+def _report(runs: dict[str, tuple[float, float, float]]) -> dict:
+    """β → (R@1 overall, R@1 ru, teacher specificity z) beside a π_ref at R@1 0.70 / 0.80, z 0."""
+    def final(r1: float, r1_ru: float, spec: float) -> dict[str, float]:
+        return {"r_at_1": r1, "r_at_1_ru": r1_ru, "teacher_specificity_z": spec}
+
+    return {"reference": final(0.70, 0.80, 0.0), "runs": {b: {"final": final(*v)} for b, v in runs.items()}}
+
+
+def test_saved_beta_is_the_most_specific_within_the_relevance_guard() -> None:
+    from dialog.rl_tuning import RLRunConfig, choose_beta
+
+    report = _report({"0.05": (0.40, 0.50, 0.9), "0.2": (0.69, 0.79, 0.4), "1": (0.70, 0.80, 0.1),
+                      "0.5": (0.69, 0.75, 0.6)})  # 0.5 loses 5 points in Russian: refused
+    beta, selection = choose_beta(report, RLRunConfig())
+    assert beta == 0.2 and selection["passing"] == [0.2, 1.0]
+    assert choose_beta(report, RLRunConfig(main_beta=0.05))[0] == 0.05
+    failing = _report({"0.05": (0.40, 0.50, 0.9), "0.2": (0.60, 0.70, 0.4)})
+    beta, selection = choose_beta(failing, RLRunConfig())
+    assert beta == 0.2 and selection["passing"] == [] and "no β" in selection["rule"]
