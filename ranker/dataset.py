@@ -54,6 +54,10 @@ class DatasetError(ValueError):
 class BuilderConfig:
     k_retrieved: int = 10
     k_random: int = 10
+    # Replies of *other* contexts of the same corpus, language and split. Without them every negative
+    # is a bank phrase and the only corpus text is the gold, so the blender learns "looks like the
+    # corpus" (length, word rarity) instead of "fits the context" (docs/benchmarks.md, ranking eval).
+    k_corpus: int = 0
     seed: int = 0
     dev_fraction: float = 0.1
     test_fraction: float = 0.1
@@ -70,7 +74,7 @@ class RankingDataset:
     conversation_ids: list[str]  # per group
     splits: list[str]  # per group
     texts: list[str]  # per row
-    origins: list[str]  # per row: gold / retrieved / random / generated / labelled
+    origins: list[str]  # per row: gold / retrieved / random / corpus / generated / labelled
     annotators: list[dict] = field(default_factory=list)
     resources: dict[str, str] = field(default_factory=dict)
 
@@ -165,8 +169,14 @@ class _Group:
 
 
 class _Builder:
-    def __init__(self, bank: Sequence[Candidate], config: BuilderConfig, human: HumanLabels | None) -> None:
+    def __init__(self, bank: Sequence[Candidate], config: BuilderConfig, human: HumanLabels | None,
+                 pairs: Sequence[ContextPair] = ()) -> None:
         self.config, self.human = config, human or {}
+        # (language, split) -> [(conversation id, reply)], the pool corpus negatives are drawn from.
+        self.corpus: dict[tuple[str, str], list[tuple[str, str]]] = {}
+        for pair in pairs:
+            split = split_of(pair.conversation_id, config.dev_fraction, config.test_fraction)
+            self.corpus.setdefault((pair.language, split), []).append((pair.conversation_id, pair.response))
         self.bank_by_lang: dict[str, list[Candidate]] = {}
         self.bank_ids: dict[str, int] = {}
         for cand in bank:
@@ -185,6 +195,17 @@ class _Builder:
         picks = self._rng(pair).choice(len(phrases), size=k, replace=False)
         return [replace(phrases[i], stage_scores={}, features={}, contributions={}) for i in picks]
 
+    def corpus_replies(self, pair: ContextPair) -> list[Candidate]:
+        """Other conversations' replies from the same split (a dev reply never becomes a train negative)."""
+        if self.config.k_corpus <= 0:
+            return []
+        split = split_of(pair.conversation_id, self.config.dev_fraction, self.config.test_fraction)
+        pool = self.corpus.get((pair.language, split), [])
+        k = min(self.config.k_corpus * 2, len(pool))
+        picks = self._rng(pair, salt=2).choice(len(pool), size=k, replace=False) if k else []
+        return [Candidate(pool[i][1], SOURCE_BANK, pair.language, phrase_id=self.bank_ids.get(_key(pool[i][1])))
+                for i in picks if pool[i][0] != pair.conversation_id][:self.config.k_corpus]
+
     def group(self, pair: ContextPair, retrieved: list[Candidate], generated: list[Candidate]) -> _Group:
         gold_key = _key(pair.response)
         gold = Candidate(pair.response, SOURCE_BANK, pair.language, phrase_id=self.bank_ids.get(gold_key))
@@ -196,6 +217,7 @@ class _Builder:
                 gold.phrase_id = gold.phrase_id if gold.phrase_id is not None else cand.phrase_id
         n_random = 0
         sources = [("retrieved", c) for c in retrieved] + [("random", c) for c in self.random_phrases(pair)]
+        sources += [("corpus", c) for c in self.corpus_replies(pair)]
         sources += [("generated", c) for c in generated]
         for origin, cand in sources:
             key = _key(cand.text)
@@ -276,7 +298,8 @@ def build_ranking_dataset(
     ``progress`` is called with the number of pairs done after each batch (encoding dominates the time).
     """
     config = config or BuilderConfig()
-    builder = _Builder(bank, config, human_labels)
+    pairs = list(pairs)
+    builder = _Builder(bank, config, human_labels, pairs)
     names = feature_names(annotators)
     blocks: list[np.ndarray] = []
     groups_out: list[_Group] = []

@@ -31,6 +31,9 @@ def register(commands: argparse._SubParsersAction) -> None:
                          help="extra corpus in the repliq JSONL dialogue format (repeatable)")
     blender.add_argument("--max-pairs", type=int, default=2500, help="contexts per language (default 2500)")
     blender.add_argument("--rounds", type=int, default=500, help="maximum boosting rounds (early stopping on dev)")
+    blender.add_argument("--corpus-negatives", type=int, default=10, metavar="N",
+                         help="negatives per context drawn from other dialogues' replies (same language and split), "
+                              "beside 10 retrieved and 10 random bank phrases; 0 = bank negatives only (default 10)")
     blender.add_argument("--out", type=Path, help="output directory (default: <home>/artifacts/blender)")
     blender.set_defaults(func=run_blender)
     register_more(sub)
@@ -38,12 +41,17 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def run_blender(args: argparse.Namespace, settings: Settings) -> int:
     from dialog.blender_training import BlenderCorpora, train_workspace_blender
+    from ranker.dataset import BuilderConfig
     from ranker.train import BlenderTrainConfig
+
+    if args.corpus_negatives < 0:
+        raise ValueError(f"--corpus-negatives must be 0 or more, got {args.corpus_negatives}")
 
     corpora = BlenderCorpora(chitchat_conversations=args.chitchat, russian_dialogues=args.russian,
                              russian_conversations=args.russian_conversations, jsonl=list(args.corpus),
                              max_pairs_per_language=args.max_pairs)
-    metrics = train_workspace_blender(settings, corpora, BlenderTrainConfig(rounds=args.rounds), out_dir=args.out)
+    metrics = train_workspace_blender(settings, corpora, BlenderTrainConfig(rounds=args.rounds),
+                                      BuilderConfig(k_corpus=args.corpus_negatives), out_dir=args.out)
     print(json.dumps(metrics, indent=2))
     return 0
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.corpora import Dialogue, DialogueTurn, context_response_pairs
+from core.corpora import Dialogue, DialogueTurn, context_response_pairs, split_of
 from core.types import SOURCE_BANK, SOURCE_GENERATED, Candidate, Context
 from ranker.annotators import build_annotators
 from ranker.dataset import (
@@ -81,6 +81,22 @@ def test_groups_labels_and_gold_dedup() -> None:
     assert [t.lower() for t in first].count(gold0.lower()) == 1
     assert ds.X[gold_rows[0], ds.feature_names.index("retrieval_cosine")] == pytest.approx(0.9)
     assert ds.X[gold_rows[0], ds.feature_names.index("source_generated")] == 0.0
+
+
+def test_corpus_negatives_come_from_other_conversations_of_the_same_split() -> None:
+    pairs = list(context_response_pairs(_dialogues(120)))
+    conversation_of = {p.response: p.conversation_id for p in pairs}
+    ds = build_ranking_dataset(pairs, _annotators(), _bank(), config=BuilderConfig(k_random=2, k_corpus=3))
+    off = ds.offsets
+    for g in range(len(ds.group_sizes)):
+        rows = range(off[g], off[g + 1])
+        corpus = [ds.texts[r] for r in rows if ds.origins[r] == "corpus"]
+        assert len(corpus) == 3 and all(ds.y[r] == 0 for r in rows if ds.origins[r] == "corpus")
+        for text in corpus:
+            assert conversation_of[text] != ds.conversation_ids[g]
+            assert split_of(conversation_of[text]) == ds.splits[g]  # a dev reply never trains
+    plain = build_ranking_dataset(pairs, _annotators(), _bank(), config=BuilderConfig(k_random=2))
+    assert "corpus" not in plain.origins
 
 
 def test_similarity_fills_scores_for_gold_and_random() -> None:
