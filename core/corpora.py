@@ -65,6 +65,16 @@ class ContextPair:
     response_meta: dict[str, Any]
 
 
+def known_splits(names: Iterable[str], what: str = "splits") -> tuple[str, ...]:
+    """``names`` in :data:`SPLITS` order; an unknown or missing name is refused, because a typo would
+    otherwise give an empty selection (or, in an exclusion, a leaking one)."""
+    wanted = set(names)
+    unknown = wanted - set(SPLITS)
+    if unknown or not wanted:
+        raise ValueError(f"{what}: unknown split(s) {sorted(unknown) or '(none given)'}; use {', '.join(SPLITS)}")
+    return tuple(s for s in SPLITS if s in wanted)
+
+
 def split_of(conv_id: str, dev_fraction: float = 0.1, test_fraction: float = 0.1) -> str:
     """Stable split of a conversation: the same id lands in the same split on every machine and run."""
     if not (dev_fraction >= 0 and test_fraction >= 0 and dev_fraction + test_fraction < 1):

@@ -14,7 +14,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
 from core.atomic import atomic_directory, atomic_write_text
@@ -31,10 +30,11 @@ from core.corpora import (
 from core.types import SOURCE_BANK, Candidate, Context, Turn
 from dialog.ranker_setup import BLENDER_DIR, annotator_resources
 from ranker.annotators import build_annotators
+from ranker.blender_scorer import CachingEncoder
 from ranker.dataset import BuilderConfig, RankingDataset, build_ranking_dataset, encoder_similarity
 from ranker.idf import IdfTable
 from ranker.train import BlenderTrainConfig, train_blender
-from retriever.bank_index import BankIndex, load_index
+from retriever.bank_index import BankIndex, BankIndexError, load_index
 from retriever.bank_retriever import BankRetriever
 from retriever.encoder import Encoder
 
@@ -83,20 +83,17 @@ def sample_pairs(dialogues: Iterable[Dialogue], languages: Sequence[str], per_la
     return chosen
 
 
-class ReusingEncoder:
-    """The encoder as the dataset builder uses it, without re-encoding what is already known.
+class ReusingEncoder(CachingEncoder):
+    """A :class:`CachingEncoder` whose passage cache starts with the index's bank vectors.
 
     Bank phrases already have vectors in the index, and each context's query is needed twice (to
     retrieve and to score the gold and random phrases); encoding dominates the build, so both are
-    looked up instead of recomputed. RL tuning reuses it too: its reward models read every candidate
-    text several times (standardization, train and dev rewards; relevance and proxy alike).
+    looked up instead of recomputed. RL tuning and proxy training reuse it too: their reward models
+    read every candidate text several times (standardization, train and dev rewards).
     """
 
     def __init__(self, encoder: Encoder, bank_index: BankIndex) -> None:
-        self.encoder = encoder
-        self.dim = encoder.dim
-        self.identity = encoder.identity
-        self._passages: dict[str, np.ndarray] = {}
+        super().__init__(encoder)
         for language in bank_index.languages:
             shard = bank_index.shard(language)
             ids = shard.ids.tolist()
@@ -104,19 +101,16 @@ class ReusingEncoder:
                 info = bank_index.phrase(pid)
                 if info is not None:
                     self._passages[info.text] = vector
-        self._queries: dict[str, np.ndarray] = {}
 
-    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
-        missing = [t for t in dict.fromkeys(texts) if t not in self._queries]
-        if missing:
-            self._queries.update(zip(missing, self.encoder.encode_queries(missing), strict=True))
-        return np.stack([self._queries[t] for t in texts]) if texts else np.empty((0, self.dim), np.float32)
 
-    def encode_passages(self, texts: Sequence[str]) -> np.ndarray:
-        missing = [t for t in dict.fromkeys(texts) if t not in self._passages]
-        if missing:
-            self._passages.update(zip(missing, self.encoder.encode_passages(missing), strict=True))
-        return np.stack([self._passages[t] for t in texts]) if texts else np.empty((0, self.dim), np.float32)
+def index_backed_encoder(settings: Settings, encoder: Encoder, bank: PhraseBank) -> CachingEncoder:
+    """The workspace encoder with the live index's bank vectors, or a plain cache without a current index
+    (the caller's work is then only slower, never wrong)."""
+    try:
+        return ReusingEncoder(encoder, load_index(settings, encoder, bank))
+    except BankIndexError as exc:
+        log.warning("encoding bank phrases afresh: %s", exc)
+        return CachingEncoder(encoder)
 
 
 def train_workspace_blender(settings: Settings, corpora: BlenderCorpora, config: BlenderTrainConfig,

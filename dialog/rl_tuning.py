@@ -22,10 +22,9 @@ from core.bank.store import PhraseBank
 from core.config import Settings
 from core.lm.wrapper import DecoderLM, LMOptions
 from core.types import Context
-from dialog.blender_training import DATA_SUFFIX, ReusingEncoder, load_training_data
+from dialog.blender_training import DATA_SUFFIX, index_backed_encoder, load_training_data
 from dialog.ranker_setup import BLENDER_DIR, SPECIFICITY_DIR, annotator_resources
 from ranker.blender import Blender
-from retriever.bank_index import load_index
 from retriever.encoder import Encoder
 from rl.plots import plot_history, plot_pareto
 from rl.policy import Groups, group_argmax
@@ -107,7 +106,7 @@ def run_rl_tune(settings: Settings, config: RLRunConfig, out_dir: Path | None = 
     train, dev = dataset.subset("train"), dataset.subset("dev")
 
     with PhraseBank(settings.bank_path) as bank:
-        reusing = ReusingEncoder(encoder, load_index(settings, encoder, bank))
+        reusing = index_backed_encoder(settings, encoder, bank)
     proxy = load_specificity_proxy(settings.artifacts_dir / SPECIFICITY_DIR, reusing)
     relevance = load_relevance_model(settings.artifacts_dir / RELEVANCE_DIR, reusing)
     reward = RewardModel(relevance, proxy_specificity(proxy), config.reward)

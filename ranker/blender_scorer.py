@@ -31,16 +31,16 @@ class CachingEncoder:
         self.encoder = encoder
         self.identity: str | None = getattr(encoder, "identity", None)
         self.manifest = getattr(encoder, "manifest", None)
+        self.dim: int = int(getattr(encoder, "dim", 1))
         self._queries: dict[str, np.ndarray] = {}
         self._passages: dict[str, np.ndarray] = {}
 
-    @staticmethod
-    def _lookup(cache: dict[str, np.ndarray], texts: Sequence[str],
+    def _lookup(self, cache: dict[str, np.ndarray], texts: Sequence[str],
                 encode: Callable[[list[str]], np.ndarray]) -> np.ndarray:
         missing = [t for t in dict.fromkeys(texts) if t not in cache]
         if missing:
             cache.update(zip(missing, encode(missing), strict=True))
-        return np.stack([cache[t] for t in texts]) if len(texts) else np.zeros((0, 1), dtype=np.float32)
+        return np.stack([cache[t] for t in texts]) if len(texts) else np.zeros((0, self.dim), dtype=np.float32)
 
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
         return self._lookup(self._queries, texts, self.encoder.encode_queries)

@@ -23,10 +23,10 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from core.corpora import (
-    SPLITS,
     ContextPair,
     Dialogue,
     context_response_pairs,
+    known_splits,
     read_anekdot_dialogues,
     read_jsonl_dialogues,
     read_topicalchat_folder,
@@ -165,15 +165,7 @@ def dataset_from_dialogues(name: str, dialogues: Iterable[Dialogue], *, n_contex
 
 
 def _splits(split: str | Collection[str] | None) -> tuple[str, ...] | None:
-    """The wanted splits in :data:`core.corpora.SPLITS` order; an unknown name is refused rather than
-    silently giving an empty (or, under a typo in an exclusion, a leaking) dataset."""
-    if split is None:
-        return None
-    wanted = {split} if isinstance(split, str) else set(split)
-    unknown = wanted - set(SPLITS)
-    if unknown or not wanted:
-        raise ValueError(f"unknown split(s) {sorted(unknown) or '(none given)'}; use {', '.join(SPLITS)}")
-    return tuple(s for s in SPLITS if s in wanted)
+    return None if split is None else known_splits([split] if isinstance(split, str) else split)
 
 
 def _key(text: str) -> str:

@@ -21,9 +21,9 @@ import numpy as np
 
 from core.atomic import atomic_write_json, sha256_json
 from core.corpora import (
-    SPLITS,
     Dialogue,
     context_response_pairs,
+    known_splits,
     read_anekdot_dialogues,
     read_chitchat,
     read_jsonl_dialogues,
@@ -106,9 +106,8 @@ def sample_pairs(dialogues: Iterable[Dialogue], limit: int, *, split: str = "tra
 
 
 def _check_splits(counts: Mapping[str, int], what: str) -> None:
-    unknown = set(counts) - set(SPLITS)
-    if unknown:
-        raise ValueError(f"{what}: unknown split(s) {sorted(unknown)}; use {', '.join(SPLITS)}")
+    if counts:
+        known_splits(counts, what)
     negative = sorted(split for split, count in counts.items() if count < 0)
     if negative:
         raise ValueError(f"{what}: pair counts must be >= 0, got {', '.join(f'{s}={counts[s]}' for s in negative)}")

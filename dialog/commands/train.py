@@ -5,14 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from core.config import Settings
-
-if TYPE_CHECKING:
-    from core.bank.store import PhraseBank
-    from dialog.blender_training import ReusingEncoder
-    from retriever.encoder import Encoder
 
 TOPICALCHAT_PAIRS = 2000  # Topical-Chat training pairs: about two turns of each train-split conversation
 DEV_PAIRS = 100  # held-out pairs per language and corpus for the before/after R@1-of-10 in the manifest
@@ -143,7 +137,9 @@ def _train_specificity(args: argparse.Namespace, settings: Settings, out: Path) 
     """Score the bank with the teacher LM (resumable; only new or changed phrases), then distil."""
     from core.lm.bank_scores import score_bank
     from core.lm.wrapper import DecoderLM, LMOptions
+    from dialog.blender_training import index_backed_encoder
     from dialog.commands.bank import open_bank
+    from retriever.encoder import Encoder
     from rl.proxy import ProxyConfig, train_specificity_proxy
     from rl.teacher import bank_targets
 
@@ -155,23 +151,9 @@ def _train_specificity(args: argparse.Namespace, settings: Settings, out: Path) 
         print(score_bank(bank, lm).summary())
         texts, languages, values = bank_targets(bank, lm.lm_id, config.teacher)
         if config.inputs != "lexical":
-            encoder = _index_backed_encoder(settings, bank)
+            encoder = index_backed_encoder(settings, Encoder.from_config(settings), bank)
     extra = {"teacher": {"lm_id": lm.lm_id, "definition": config.teacher, "source": "bank lm_scores"}}
     _, metrics = train_specificity_proxy(settings, texts, values, out, languages=languages, config=config,
                                          encoder=encoder, extra_metrics=extra)
     return metrics
 
-
-def _index_backed_encoder(settings: Settings, bank: PhraseBank) -> Encoder | ReusingEncoder:
-    """The serving encoder, reading bank phrases' vectors from the index instead of re-encoding them
-    (minutes of CPU for a 10k bank). Without a current index it falls back to plain encoding."""
-    from dialog.blender_training import ReusingEncoder
-    from retriever.bank_index import BankIndexError, load_index
-    from retriever.encoder import Encoder
-
-    encoder = Encoder.from_config(settings)
-    try:
-        return ReusingEncoder(encoder, load_index(settings, encoder, bank))
-    except BankIndexError as exc:
-        print(f"note: encoding the bank afresh ({exc})")
-        return encoder
