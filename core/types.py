@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    import numpy as np
 
 SOURCE_BANK = "bank"
 SOURCE_GENERATED = "generated"
@@ -67,3 +71,11 @@ class Reranker(Protocol):
     def rerank(
         self, context: Context, candidates: list[Candidate], explain: bool = False
     ) -> list[Candidate]: ...
+
+
+class QueryPassageEncoder(Protocol):
+    """An asymmetric bi-encoder: contexts are encoded as queries, replies as passages (unit vectors)."""
+
+    def encode_queries(self, texts: Sequence[str]) -> np.ndarray: ...
+
+    def encode_passages(self, texts: Sequence[str]) -> np.ndarray: ...

@@ -26,15 +26,16 @@ from core.corpora import (
     read_anekdot_dialogues,
     read_chitchat,
     read_jsonl_dialogues,
+    read_topicalchat_folder,
+    split_of,
 )
 from core.types import SOURCE_BANK, Candidate, Context, Turn
-from dialog.ranker_setup import BLENDER_DIR, annotator_resources
+from dialog.ranker_setup import BLENDER_DIR, ReusingEncoder, annotator_resources
 from ranker.annotators import build_annotators
-from ranker.blender_scorer import CachingEncoder
 from ranker.dataset import BuilderConfig, RankingDataset, build_ranking_dataset, encoder_similarity
 from ranker.idf import IdfTable
 from ranker.train import BlenderTrainConfig, train_blender
-from retriever.bank_index import BankIndex, BankIndexError, load_index
+from retriever.bank_index import load_index
 from retriever.bank_retriever import BankRetriever
 from retriever.encoder import Encoder
 
@@ -51,9 +52,19 @@ class BlenderCorpora:
     russian_conversations: int = 3000
     # Any corpora in the documented JSONL dialogue format (core/corpora.py).
     jsonl: list[Path] = field(default_factory=list)
+    # Topical-Chat folder (valid_freq/valid_rare.json): only its ``train`` hash split is read, the part
+    # `repliq eval ranking` leaves out. Its contexts are sampled apart from chitchat's, up to this many.
+    topicalchat: Path | None = None
+    topicalchat_pairs: int = 1500
     # Contexts kept per language, sampled with a fixed seed.
     max_pairs_per_language: int = 2500
     seed: int = 0
+
+
+def read_topicalchat_train(directory: Path) -> list[Dialogue]:
+    """Topical-Chat's ``train`` hash split: the blender's own splits use the same hash, so none of these
+    conversations reaches its dev split (early stopping) or the evaluation's held-out set."""
+    return [d for d in read_topicalchat_folder(directory) if split_of(d.id) == "train"]
 
 
 def read_corpora(corpora: BlenderCorpora) -> list[Dialogue]:
@@ -64,8 +75,8 @@ def read_corpora(corpora: BlenderCorpora) -> list[Dialogue]:
         dialogues += list(read_anekdot_dialogues(corpora.russian_dialogues, limit=corpora.russian_conversations))
     for path in corpora.jsonl:
         dialogues += list(read_jsonl_dialogues(path))
-    if not dialogues:
-        raise ValueError("no training dialogues: enable chitchat or pass --russian / --corpus files")
+    if not dialogues and corpora.topicalchat is None:
+        raise ValueError("no training dialogues: enable chitchat or pass --russian / --topicalchat / --corpus")
     return dialogues
 
 
@@ -83,36 +94,6 @@ def sample_pairs(dialogues: Iterable[Dialogue], languages: Sequence[str], per_la
     return chosen
 
 
-class ReusingEncoder(CachingEncoder):
-    """A :class:`CachingEncoder` whose passage cache starts with the index's bank vectors.
-
-    Bank phrases already have vectors in the index, and each context's query is needed twice (to
-    retrieve and to score the gold and random phrases); encoding dominates the build, so both are
-    looked up instead of recomputed. RL tuning and proxy training reuse it too: their reward models
-    read every candidate text several times (standardization, train and dev rewards).
-    """
-
-    def __init__(self, encoder: Encoder, bank_index: BankIndex) -> None:
-        super().__init__(encoder)
-        for language in bank_index.languages:
-            shard = bank_index.shard(language)
-            ids = shard.ids.tolist()
-            for pid, vector in zip(ids, shard.vectors(ids), strict=True):
-                info = bank_index.phrase(pid)
-                if info is not None:
-                    self._passages[info.text] = vector
-
-
-def index_backed_encoder(settings: Settings, encoder: Encoder, bank: PhraseBank) -> CachingEncoder:
-    """The workspace encoder with the live index's bank vectors, or a plain cache without a current index
-    (the caller's work is then only slower, never wrong)."""
-    try:
-        return ReusingEncoder(encoder, load_index(settings, encoder, bank))
-    except BankIndexError as exc:
-        log.warning("encoding bank phrases afresh: %s", exc)
-        return CachingEncoder(encoder)
-
-
 def train_workspace_blender(settings: Settings, corpora: BlenderCorpora, config: BlenderTrainConfig,
                             builder: BuilderConfig | None = None, out_dir: Path | None = None) -> dict[str, float]:
     out_dir = out_dir or settings.artifacts_dir / BLENDER_DIR
@@ -127,6 +108,11 @@ def train_workspace_blender(settings: Settings, corpora: BlenderCorpora, config:
         dialogues = read_corpora(corpora)
         pairs = sample_pairs(dialogues, bank_index.languages, corpora.max_pairs_per_language,
                              settings.retrieval.context_turns, corpora.seed)
+        if corpora.topicalchat is not None:
+            topical = read_topicalchat_train(corpora.topicalchat)
+            pairs += sample_pairs(topical, bank_index.languages, corpora.topicalchat_pairs,
+                                  settings.retrieval.context_turns, corpora.seed)
+            dialogues += topical
         corpus_texts = (turn.text for dialogue in dialogues for turn in dialogue.turns)
         idf = IdfTable.build(itertools.chain((p.text for p in approved), corpus_texts))
         # The reusing encoder here too: the specificity-proxy feature embeds every candidate, and all but

@@ -22,8 +22,8 @@ from core.bank.store import PhraseBank
 from core.config import Settings
 from core.lm.wrapper import DecoderLM, LMOptions
 from core.types import Context
-from dialog.blender_training import DATA_SUFFIX, index_backed_encoder, load_training_data
-from dialog.ranker_setup import BLENDER_DIR, SPECIFICITY_DIR, annotator_resources
+from dialog.blender_training import DATA_SUFFIX, load_training_data
+from dialog.ranker_setup import BLENDER_DIR, SPECIFICITY_DIR, annotator_resources, index_backed_encoder
 from ranker.blender import Blender
 from retriever.encoder import Encoder
 from rl.plots import plot_history, plot_pareto

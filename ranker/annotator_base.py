@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, ClassVar, Protocol
 import numpy as np
 
 from core.text import word_tokens
-from core.types import Candidate, Context
+from core.types import Candidate, Context, QueryPassageEncoder
 
 if TYPE_CHECKING:
     from ranker.features.blocklist import Blocklist
@@ -53,6 +53,8 @@ class AnnotatorResources:
     specificity: SpecificityFn | None = None
     # language -> blocklist; None loads the lists shipped in ``core/data``.
     blocklists: Mapping[str, Blocklist] | None = None
+    # The retrieval encoder, for features that compare other texts than the retriever did.
+    encoder: QueryPassageEncoder | None = None
     context_turns: int = 3
 
 

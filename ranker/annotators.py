@@ -16,7 +16,7 @@ from ranker.annotator_base import _REGISTRY, Annotator, AnnotatorResources
 
 # Order matters: it is the column order of the feature matrix.
 DEFAULT_ANNOTATORS: tuple[str, ...] = (
-    "retrieval", "lexical", "lm", "surface", "nidf", "language", "generic", "blocklist", "specificity",
+    "retrieval", "turn", "lexical", "lm", "surface", "nidf", "language", "generic", "blocklist", "specificity",
 )
 
 

@@ -25,14 +25,13 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import islice
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
 from core.atomic import atomic_write_bytes
 from core.corpora import ContextPair, split_of
 from core.text import normalize_text
-from core.types import SOURCE_BANK, Candidate, Context
+from core.types import SOURCE_BANK, Candidate, Context, QueryPassageEncoder
 from ranker.annotators import Annotator, annotate_all, describe, feature_names
 
 log = logging.getLogger(__name__)
@@ -43,7 +42,6 @@ GenerateFn = Callable[[list[Context], str], list[list[Candidate]]]
 SimilarityFn = Callable[[list[Context], list[list[str]]], list[np.ndarray]]
 HumanLabels = dict[str, dict[str, tuple[str, int]]]  # context_id -> normalized key -> (text, label)
 MAX_LABEL = 3
-FIRST_RANK = 1.0  # the retriever's rank of its best hit
 
 
 class DatasetError(ValueError):
@@ -54,7 +52,9 @@ class DatasetError(ValueError):
 class BuilderConfig:
     k_retrieved: int = 10
     k_random: int = 10
-    # Replies of *other* contexts of the same corpus, language and split. Without them every negative
+    # Replies of *other* contexts of the same corpus, language and split (the corpus is the conversation
+    # id's prefix, "chitchat:", "topicalchat:"; a reply of another corpus would give the gold away by
+    # style, as bank phrases did). Without them every negative
     # is a bank phrase and the only corpus text is the gold, so the blender learns "looks like the
     # corpus" (length, word rarity) instead of "fits the context" (docs/benchmarks.md, ranking eval).
     k_corpus: int = 0
@@ -172,17 +172,21 @@ class _Builder:
     def __init__(self, bank: Sequence[Candidate], config: BuilderConfig, human: HumanLabels | None,
                  pairs: Sequence[ContextPair] = ()) -> None:
         self.config, self.human = config, human or {}
-        # (language, split) -> [(conversation id, reply)], the pool corpus negatives are drawn from.
-        self.corpus: dict[tuple[str, str], list[tuple[str, str]]] = {}
+        # (corpus, language, split) -> [(conversation id, reply)], the pool corpus negatives are drawn from.
+        self.corpus: dict[tuple[str, str, str], list[tuple[str, str]]] = {}
         for pair in pairs:
-            split = split_of(pair.conversation_id, config.dev_fraction, config.test_fraction)
-            self.corpus.setdefault((pair.language, split), []).append((pair.conversation_id, pair.response))
+            self.corpus.setdefault(self._corpus_key(pair), []).append((pair.conversation_id, pair.response))
         self.bank_by_lang: dict[str, list[Candidate]] = {}
         self.bank_ids: dict[str, int] = {}
         for cand in bank:
             self.bank_by_lang.setdefault(cand.language, []).append(cand)
             if cand.phrase_id is not None:
                 self.bank_ids.setdefault(_key(cand.text), cand.phrase_id)
+
+    def _corpus_key(self, pair: ContextPair) -> tuple[str, str, str]:
+        corpus = pair.conversation_id.partition(":")[0] if ":" in pair.conversation_id else ""
+        return corpus, pair.language, split_of(pair.conversation_id, self.config.dev_fraction,
+                                               self.config.test_fraction)
 
     def _rng(self, pair: ContextPair, salt: int = 0) -> np.random.Generator:
         """Per-context randomness: the same context gets the same draw whatever the batch order."""
@@ -199,8 +203,7 @@ class _Builder:
         """Other conversations' replies from the same split (a dev reply never becomes a train negative)."""
         if self.config.k_corpus <= 0:
             return []
-        split = split_of(pair.conversation_id, self.config.dev_fraction, self.config.test_fraction)
-        pool = self.corpus.get((pair.language, split), [])
+        pool = self.corpus.get(self._corpus_key(pair), [])
         k = min(self.config.k_corpus * 2, len(pool))
         picks = self._rng(pair, salt=2).choice(len(pool), size=k, replace=False) if k else []
         return [Candidate(pool[i][1], SOURCE_BANK, pair.language, phrase_id=self.bank_ids.get(_key(pool[i][1])))
@@ -249,28 +252,19 @@ class _Builder:
 
 
 def _fill_similarity(groups: list[_Group], similarity: SimilarityFn) -> None:
-    """Give non-retrieved bank candidates the retrieval score they would have had.
+    """Give non-retrieved bank candidates the retrieval cosine they would have had.
 
     Without it, gold and random phrases would be the only rows lacking a retrieval score, and the
-    blender would learn "no score = gold" instead of anything about the reply.
+    blender would learn "no score = gold" instead of anything about the reply. Ranks are not filled in:
+    the retrieval annotator ranks cosines within the pool.
     """
     todo = [(g, [i for i, (c, o) in enumerate(zip(g.pool, g.origins, strict=True))
                  if o != "retrieved" and c.source == SOURCE_BANK and "retrieval" not in c.stage_scores])
             for g in groups]
     scores = similarity([g.pair.context for g, _ in todo], [[g.pool[i].text for i in idx] for g, idx in todo])
     for (g, idx), values in zip(todo, scores, strict=True):
-        retrieved = [(c.stage_scores.get("retrieval", np.nan), c.stage_scores.get("retrieval_rank", np.nan))
-                     for c, o in zip(g.pool, g.origins, strict=True) if o == "retrieved"]
-        base = min((r for _, r in retrieved), default=FIRST_RANK)
         for i, value in zip(idx, values, strict=True):
             g.pool[i].stage_scores["retrieval"] = float(value)
-            g.pool[i].stage_scores["retrieval_rank"] = base + sum(1 for cos, _ in retrieved if cos > value)
-
-
-class QueryPassageEncoder(Protocol):
-    def encode_queries(self, texts: Sequence[str]) -> np.ndarray: ...
-
-    def encode_passages(self, texts: Sequence[str]) -> np.ndarray: ...
 
 
 def encoder_similarity(encoder: QueryPassageEncoder, context_turns: int) -> SimilarityFn:

@@ -33,7 +33,7 @@ from core.corpora import (
     split_of,
 )
 from core.text import word_tokens
-from core.types import Context
+from core.types import Context, QueryPassageEncoder
 from ranker.bm25 import bm25_many
 from ranker.idf import IdfTable
 
@@ -54,12 +54,6 @@ class BankSearcher(Protocol):
     """A scorer that can also search a whole bank: indices of the ``k`` best bank texts per context."""
 
     def top_k(self, contexts: Sequence[Context], bank: Sequence[str], k: int) -> list[list[int]]: ...
-
-
-class QueryPassageEncoder(Protocol):
-    def encode_queries(self, texts: Sequence[str]) -> np.ndarray: ...
-
-    def encode_passages(self, texts: Sequence[str]) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
@@ -30,6 +29,7 @@ from core.corpora import (
     read_topicalchat_folder,
     split_of,
 )
+from core.types import QueryPassageEncoder
 
 MAX_RESPONSE_CHARS = 300
 MIN_RESPONSE_CHARS = 2
@@ -57,12 +57,6 @@ class PairSource:
     name: str
     dialogues: Sequence[Dialogue]
     counts: Mapping[str, int]
-
-
-class QueryPassageEncoder(Protocol):
-    def encode_queries(self, texts: Sequence[str]) -> np.ndarray: ...
-
-    def encode_passages(self, texts: Sequence[str]) -> np.ndarray: ...
 
 
 def pairs_hash(pairs: Sequence[TrainPair]) -> str:

@@ -7,9 +7,11 @@ import json
 from pathlib import Path
 
 from core.config import Settings
+from ranker.dataset import BuilderConfig
 
 TOPICALCHAT_PAIRS = 2000  # Topical-Chat training pairs: about two turns of each train-split conversation
 DEV_PAIRS = 100  # held-out pairs per language and corpus for the before/after R@1-of-10 in the manifest
+BUILDER_DEFAULTS = BuilderConfig(k_corpus=10)  # the pool mix `repliq train blender` uses unless told
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -23,11 +25,20 @@ def register(commands: argparse._SubParsersAction) -> None:
     blender.add_argument("--russian-conversations", type=int, default=3000)
     blender.add_argument("--corpus", type=Path, action="append", default=[],
                          help="extra corpus in the repliq JSONL dialogue format (repeatable)")
+    blender.add_argument("--topicalchat", type=Path, help="Topical-Chat folder (valid_freq/valid_rare.json); only "
+                         "its train hash split is used, the part `repliq eval ranking` leaves out")
+    blender.add_argument("--topicalchat-pairs", type=int, default=1500, metavar="N",
+                         help="Topical-Chat contexts, beside --max-pairs of the other corpora (default 1500)")
     blender.add_argument("--max-pairs", type=int, default=2500, help="contexts per language (default 2500)")
     blender.add_argument("--rounds", type=int, default=500, help="maximum boosting rounds (early stopping on dev)")
-    blender.add_argument("--corpus-negatives", type=int, default=10, metavar="N",
-                         help="negatives per context drawn from other dialogues' replies (same language and split), "
-                              "beside 10 retrieved and 10 random bank phrases; 0 = bank negatives only (default 10)")
+    defaults = BUILDER_DEFAULTS
+    blender.add_argument("--corpus-negatives", type=int, default=defaults.k_corpus, metavar="N",
+                         help="negatives per context drawn from other dialogues' replies (same corpus, language "
+                              f"and split); 0 = bank negatives only (default {defaults.k_corpus})")
+    blender.add_argument("--retrieved-negatives", type=int, default=defaults.k_retrieved, metavar="N",
+                         help=f"top retrieved bank phrases per context (default {defaults.k_retrieved})")
+    blender.add_argument("--random-negatives", type=int, default=defaults.k_random, metavar="N",
+                         help=f"random bank phrases per context (default {defaults.k_random})")
     blender.add_argument("--out", type=Path, help="output directory (default: <home>/artifacts/blender)")
     blender.set_defaults(func=run_blender)
     register_more(sub)
@@ -35,17 +46,23 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def run_blender(args: argparse.Namespace, settings: Settings) -> int:
     from dialog.blender_training import BlenderCorpora, train_workspace_blender
-    from ranker.dataset import BuilderConfig
     from ranker.train import BlenderTrainConfig
 
-    if args.corpus_negatives < 0:
-        raise ValueError(f"--corpus-negatives must be 0 or more, got {args.corpus_negatives}")
+    for flag in ("corpus_negatives", "retrieved_negatives", "random_negatives", "topicalchat_pairs"):
+        if getattr(args, flag) < 0:
+            raise ValueError(f"--{flag.replace('_', '-')} must be 0 or more, got {getattr(args, flag)}")
+    if args.topicalchat is not None and not args.topicalchat.is_dir():
+        raise FileNotFoundError(f"--topicalchat {args.topicalchat} is not a folder; give the one holding "
+                                "valid_freq.json and valid_rare.json")
 
     corpora = BlenderCorpora(chitchat_conversations=args.chitchat, russian_dialogues=args.russian,
                              russian_conversations=args.russian_conversations, jsonl=list(args.corpus),
-                             max_pairs_per_language=args.max_pairs)
-    metrics = train_workspace_blender(settings, corpora, BlenderTrainConfig(rounds=args.rounds),
-                                      BuilderConfig(k_corpus=args.corpus_negatives), out_dir=args.out)
+                             max_pairs_per_language=args.max_pairs, topicalchat=args.topicalchat,
+                             topicalchat_pairs=args.topicalchat_pairs)
+    builder = BuilderConfig(k_corpus=args.corpus_negatives, k_retrieved=args.retrieved_negatives,
+                            k_random=args.random_negatives)
+    metrics = train_workspace_blender(settings, corpora, BlenderTrainConfig(rounds=args.rounds), builder,
+                                      out_dir=args.out)
     print(json.dumps(metrics, indent=2))
     return 0
 
@@ -137,8 +154,8 @@ def _train_specificity(args: argparse.Namespace, settings: Settings, out: Path) 
     """Score the bank with the teacher LM (resumable; only new or changed phrases), then distil."""
     from core.lm.bank_scores import score_bank
     from core.lm.wrapper import DecoderLM, LMOptions
-    from dialog.blender_training import index_backed_encoder
     from dialog.commands.bank import open_bank
+    from dialog.ranker_setup import index_backed_encoder
     from retriever.encoder import Encoder
     from rl.proxy import ProxyConfig, train_specificity_proxy
     from rl.teacher import bank_targets

@@ -10,4 +10,5 @@ from ranker.features import (  # noqa: F401
     retrieval,
     specificity,
     surface,
+    turn,
 )

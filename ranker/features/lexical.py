@@ -17,8 +17,9 @@ class LexicalAnnotator(Annotator):
     """BM25 needs the IDF table (NaN without it); overlap and echo need nothing."""
 
     name = "lexical"
-    version = "1"
-    feature_names = ("bm25_last", "bm25_context", "context_word_repeat", "echo")
+    version = "2"
+    # bm25_context_gap: the distance to the pool's best overlap, which trees cannot work out from one row.
+    feature_names = ("bm25_last", "bm25_context", "context_word_repeat", "echo", "bm25_context_gap")
 
     def annotate_pool(self, context: Context, candidates: Sequence[Candidate]) -> np.ndarray:
         idf = self.resources.idf
@@ -33,4 +34,6 @@ class LexicalAnnotator(Annotator):
                 out[i, 0], out[i, 1] = bm25_many((last, whole), words, idf)
             out[i, 2] = overlap(whole, words)
             out[i, 3] = float(normalize_text(cand.text).lower() in seen)
+        if idf is not None and len(candidates):
+            out[:, 4] = out[:, 1] - np.max(out[:, 1])
         return out

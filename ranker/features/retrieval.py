@@ -1,4 +1,11 @@
-"""Retrieval scores carried by bank candidates; generated candidates were never retrieved, so NaN."""
+"""Retrieval scores, made comparable across pools; generated candidates were never retrieved, so NaN.
+
+Only the cosine comes from the retriever. Rank, gap and z-score are computed here, within the pool
+being ranked, so they mean the same in a training pool (gold + hard, random and corpus negatives), an
+evaluation pool (gold + distractors) and a serving pool (the retriever's top hits). A rank numbered by
+the retriever over the whole bank would not: in training the gold was never among the hits, so "rank 1"
+came to mean "a bank phrase that is not the reply" (docs/benchmarks.md, ranking evaluation).
+"""
 
 from __future__ import annotations
 
@@ -10,20 +17,31 @@ from core.types import Candidate, Context
 from ranker.annotator_base import Annotator, register
 
 
+def pool_ranks(cosines: np.ndarray) -> np.ndarray:
+    """1 for the best cosine in the pool, ties sharing the better rank; NaN stays NaN."""
+    cosines = np.asarray(cosines, dtype=np.float64)
+    known = ~np.isnan(cosines)
+    ranks = np.full(len(cosines), np.nan)
+    values = cosines[known]
+    ranks[known] = 1.0 + np.sum(values[None, :] > values[:, None], axis=1)
+    return ranks
+
+
 @register
 class RetrievalAnnotator(Annotator):
     name = "retrieval"
-    version = "1"
-    # The gap to the best cosine in the pool makes the score comparable across contexts whose
-    # absolute cosines differ (short vs long queries).
-    feature_names = ("retrieval_cosine", "retrieval_rank", "retrieval_cosine_gap")
+    version = "2"
+    feature_names = ("retrieval_cosine", "retrieval_rank", "retrieval_cosine_gap", "retrieval_cosine_z")
 
     def annotate_pool(self, context: Context, candidates: Sequence[Candidate]) -> np.ndarray:
         out = self.empty(len(candidates))
-        for i, cand in enumerate(candidates):
-            out[i, 0] = cand.stage_scores.get("retrieval", np.nan)
-            out[i, 1] = cand.stage_scores.get("retrieval_rank", np.nan)
-        cosines = out[:, 0]
-        if len(candidates) and not np.all(np.isnan(cosines)):
-            out[:, 2] = cosines - np.nanmax(cosines)
+        cosines = np.array([c.stage_scores.get("retrieval", np.nan) for c in candidates], dtype=np.float64)
+        if not len(candidates) or np.all(np.isnan(cosines)):
+            return out
+        out[:, 0] = cosines
+        out[:, 1] = pool_ranks(cosines)
+        out[:, 2] = cosines - np.nanmax(cosines)
+        spread = np.nanstd(cosines)
+        if spread > 0:
+            out[:, 3] = (cosines - np.nanmean(cosines)) / spread
         return out

@@ -8,6 +8,7 @@ import pytest
 
 from core.types import SOURCE_BANK, SOURCE_GENERATED, Candidate, Context, Turn
 from ranker.annotators import AnnotatorResources, annotate_all, build_annotators, feature_names
+from ranker.blender_scorer import CachingEncoder
 from ranker.bm25 import bm25, overlap
 from ranker.features.blocklist import Blocklist
 from ranker.features.generic import is_generic
@@ -86,7 +87,10 @@ def test_lexical_features_and_echo() -> None:
     assert feats["bm25_last"][0] > feats["bm25_last"][1] == 0.0
     assert feats["echo"].tolist() == [0.0, 0.0, 1.0]
     assert feats["context_word_repeat"][2] == 1.0
+    gap = feats["bm25_context_gap"]
+    assert gap.max() == 0.0 and gap[1] == pytest.approx(-feats["bm25_context"].max())
     assert np.isnan(_features(AnnotatorResources(), _ctx("hiking"), cands)["bm25_last"]).all()
+    assert np.isnan(_features(AnnotatorResources(), _ctx("hiking"), cands)["bm25_context_gap"]).all()
 
 
 class FakeLM:
@@ -116,7 +120,21 @@ def test_retrieval_features_nan_for_generated() -> None:
     assert feats["retrieval_cosine"][:2].tolist() == pytest.approx([0.8, 0.5])
     assert feats["retrieval_cosine_gap"][:2].tolist() == pytest.approx([0.0, -0.3])
     assert np.isnan(feats["retrieval_cosine"][2]) and np.isnan(feats["retrieval_rank"][2])
+    assert np.isnan(feats["retrieval_cosine_z"][2])
     assert feats["source_generated"].tolist() == [0.0, 0.0, 1.0]
+
+
+def test_retrieval_rank_is_within_the_pool_whatever_the_retriever_said() -> None:
+    """The pool, not the bank, numbers the ranks: a gold reply that tops its pool is rank 1 in training,
+    evaluation and serving alike, and ties share the better rank."""
+    cosines = [0.2, 0.9, 0.5, 0.9, 0.1]
+    cands = [Candidate(f"t{i}", SOURCE_BANK, "en", stage_scores={"retrieval": c, "retrieval_rank": 40.0 + i})
+             for i, c in enumerate(cosines)]
+    feats = _features(AnnotatorResources(), _ctx("x"), cands)
+    assert feats["retrieval_rank"].tolist() == [4.0, 1.0, 3.0, 1.0, 5.0]
+    z = feats["retrieval_cosine_z"]
+    assert float(np.mean(z)) == pytest.approx(0.0, abs=1e-6) and float(np.std(z)) == pytest.approx(1.0, abs=1e-5)
+    assert z[1] == pytest.approx(z[3]) and z[1] > z[2] > z[0] > z[4]
 
 
 def test_specificity_slot_uses_injected_scorer() -> None:
@@ -158,3 +176,51 @@ def test_registry_rejects_unknown_names_and_features_are_unique() -> None:
         build_annotators(names=["lexical", "nope"])
     names = feature_names(build_annotators())
     assert len(names) == len(set(names))
+
+
+class CountingEncoder:
+    """Unit vectors from a fixed hash of the text; counts what it was asked to encode."""
+
+    def __init__(self) -> None:
+        self.queries: list[str] = []
+        self.passages: list[str] = []
+
+    @staticmethod
+    def _vectors(texts: Sequence[str]) -> np.ndarray:
+        rows = [np.random.default_rng(sum(map(ord, t))).normal(size=8) for t in texts]
+        matrix = np.array(rows, dtype=np.float32).reshape(len(texts), 8)
+        return matrix / np.linalg.norm(matrix, axis=1, keepdims=True).clip(1e-9)
+
+    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
+        self.queries += list(texts)
+        return self._vectors(texts)
+
+    def encode_passages(self, texts: Sequence[str]) -> np.ndarray:
+        self.passages += list(texts)
+        return self._vectors(texts)
+
+
+def test_turn_features_compare_the_last_turn_alone() -> None:
+    encoder = CountingEncoder()
+    context = Context((Turn("A", "We went to the sea."), Turn("B", "Did you swim?")))
+    cands = [Candidate(t, SOURCE_BANK, "en") for t in ("Yes, twice a day", "No", "The water was cold")]
+    feats = _features(AnnotatorResources(encoder=encoder), context, cands)
+    expected = encoder._vectors([c.text for c in cands]) @ encoder._vectors(["Did you swim?"])[0]
+    assert feats["last_turn_cosine"].tolist() == pytest.approx(expected.tolist(), abs=1e-6)
+    assert feats["last_turn_cosine_gap"].max() == 0.0
+    assert "Did you swim?" in encoder.queries and "We went to the sea." not in " ".join(encoder.queries)
+    assert np.isnan(_features(AnnotatorResources(), context, cands)["last_turn_cosine"]).all()
+
+
+def test_caching_encoder_bounds_its_cache_but_keeps_seeded_vectors() -> None:
+    inner = CountingEncoder()
+    cache = CachingEncoder(inner, max_cached=2)
+    cache.seed_passages(["bank"], np.ones((1, 8), dtype=np.float32))
+    first = cache.encode_passages(["a", "b", "bank"])
+    assert inner.passages == ["a", "b"] and np.array_equal(first[2], np.ones(8, dtype=np.float32))
+    cache.encode_passages(["c"])  # evicts "a", the oldest
+    again = cache.encode_passages(["a", "c", "bank"])
+    assert inner.passages == ["a", "b", "c", "a"]
+    np.testing.assert_allclose(again[0], first[0])
+    with pytest.raises(ValueError, match="max_cached"):
+        CachingEncoder(inner, max_cached=0)

@@ -98,7 +98,7 @@ def test_feature_mismatch_is_refused(trained: Trained, monkeypatch: pytest.Monke
     with pytest.raises(BlenderMismatchError, match=r"'specificity' is missing.*repliq train blender"):
         blender.check_compatible(build_annotators(names=[a.name for a in blender.annotators][:-1]))
     monkeypatch.setattr(LexicalAnnotator, "version", "999")
-    with pytest.raises(BlenderMismatchError, match=r"'lexical' is version 999, trained with 1"):
+    with pytest.raises(BlenderMismatchError, match=r"'lexical' is version 999, trained with 2"):
         Blender.load(trained.directory)
 
 

@@ -99,6 +99,24 @@ def test_corpus_negatives_come_from_other_conversations_of_the_same_split() -> N
     assert "corpus" not in plain.origins
 
 
+def test_corpus_negatives_never_cross_corpora() -> None:
+    """A reply of another corpus would give the gold away by its style (long Topical-Chat turns beside
+    short chitchat ones), so negatives come from the gold's own corpus: the conversation id's prefix."""
+    other = [Dialogue(f"other:{i}", "en", tuple(DialogueTurn("AB"[j % 2], f"other corpus {i} {j}") for j in range(4)))
+             for i in range(120)]
+    pairs = list(context_response_pairs(_dialogues(120) + other))
+    corpus_of = {p.response: p.conversation_id.partition(":")[0] for p in pairs}
+    ds = build_ranking_dataset(pairs, _annotators(), _bank(), config=BuilderConfig(k_random=2, k_corpus=3))
+    off = ds.offsets
+    checked = 0
+    for g in range(len(ds.group_sizes)):
+        own = ds.conversation_ids[g].partition(":")[0]
+        negatives = [ds.texts[r] for r in range(off[g], off[g + 1]) if ds.origins[r] == "corpus"]
+        assert negatives and all(corpus_of[t] == own for t in negatives)
+        checked += len(negatives)
+    assert checked >= 3 * len(ds.group_sizes)
+
+
 def test_similarity_fills_scores_for_gold_and_random() -> None:
     pairs = list(context_response_pairs(_dialogues(20)))
 
@@ -117,7 +135,7 @@ def test_similarity_fills_scores_for_gold_and_random() -> None:
     assert not np.isnan(ds.X[:, ds.feature_names.index("retrieval_cosine")]).any()
     assert missingness_gaps(ds) == {}
     gold_rank = ds.X[ds.origins.index("gold"), ds.feature_names.index("retrieval_rank")]
-    assert gold_rank == 2.0  # two retrieved phrases (0.9, 0.8) score above 0.75
+    assert gold_rank == 3.0  # two retrieved phrases (0.9, 0.8) score above 0.75; the random ones tie with it
 
 
 def test_human_labels_are_graded(tmp_path: Path) -> None:

@@ -147,3 +147,14 @@ def test_train_retriever_command_adds_topicalchat_and_corpus_pairs(home: Path, t
     capsys.readouterr()
     assert main(["train", "retriever", "--topicalchat-pairs", "25"]) == 2
     assert "--topicalchat-pairs needs --topicalchat" in capsys.readouterr().err
+
+
+def test_blender_training_reads_only_the_train_split(topicalchat: tuple[Path, dict[str, str]]) -> None:
+    """`repliq train blender --topicalchat` must not see a conversation `repliq eval ranking` scores."""
+    from dialog.blender_training import read_topicalchat_train
+
+    folder, _ = topicalchat
+    train = read_topicalchat_train(folder)
+    assert train and all(split_of(d.id) == "train" for d in train)
+    held_out = {ex.conversation_id for ex in topicalchat_dataset(folder, n_contexts=1000, pool_size=10).examples}
+    assert held_out and not held_out & {d.id for d in train}
