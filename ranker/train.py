@@ -57,6 +57,9 @@ class BlenderTrainConfig:
         }
 
 
+RETRIEVAL_FEATURE = "retrieval_cosine"
+
+
 def ranking_metrics(scores: np.ndarray, y: np.ndarray, group_sizes: Sequence[int]) -> dict[str, float]:
     """Recall@1 (the top candidate has the best label), MRR of the best positive, and random R@1 for scale.
 
@@ -81,6 +84,16 @@ def ranking_metrics(scores: np.ndarray, y: np.ndarray, group_sizes: Sequence[int
         return {"groups": 0.0}
     return {"r@1": float(np.mean(r1)), "mrr": float(np.mean(rr)), "random_r@1": float(np.mean(random_r1)),
             "groups": float(len(r1))}
+
+
+def retrieval_only_r_at_1(data: RankingDataset) -> float:
+    """R@1 of the retriever's cosine alone on the same pools: the bar a blender must clear to be worth serving.
+
+    Rows without a cosine (generated replies) rank last, as a retrieval-only system would never pick them.
+    """
+    cosine = data.X[:, data.feature_names.index(RETRIEVAL_FEATURE)].astype(np.float64)
+    scores = np.where(np.isnan(cosine), -np.inf, cosine)
+    return ranking_metrics(scores, data.y, data.group_sizes).get("r@1", float("nan"))
 
 
 def _lgb_dataset(data: RankingDataset, reference: lgb.Dataset | None = None) -> lgb.Dataset:
@@ -129,6 +142,12 @@ def train_blender(dataset: RankingDataset, config: BlenderTrainConfig, out_dir: 
         if len(part.group_sizes):
             values = ranking_metrics(blender.raw_scores(part.X), part.y, part.group_sizes)
             metrics.update({f"{split}_{k}": v for k, v in values.items()})
+            if RETRIEVAL_FEATURE in part.feature_names:
+                metrics[f"{split}_retrieval_r@1"] = retrieval_only_r_at_1(part)
+    if metrics.get("dev_r@1", 1.0) <= metrics.get("dev_retrieval_r@1", 0.0):
+        log.warning("the blender (dev R@1 %.3f) does not beat ranking by the retriever's cosine alone (%.3f) on the "
+                    "same dev pools; serving it would be a regression: set [ranker] blender = \"none\" or retrain "
+                    "with other corpora or negatives", metrics["dev_r@1"], metrics["dev_retrieval_r@1"])
     log.info("blender trained: %s", ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
     blender.manifest.metrics = metrics
     blender.manifest.training = {"config": asdict(config), "history_file": HISTORY_NAME}

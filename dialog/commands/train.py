@@ -11,7 +11,10 @@ from ranker.dataset import BuilderConfig
 
 TOPICALCHAT_PAIRS = 2000  # Topical-Chat training pairs: about two turns of each train-split conversation
 DEV_PAIRS = 100  # held-out pairs per language and corpus for the before/after R@1-of-10 in the manifest
-BUILDER_DEFAULTS = BuilderConfig(k_corpus=10)  # the pool mix `repliq train blender` uses unless told
+# The pool mix `repliq train blender` uses unless told. No retrieved negatives: the bank's top hits are often
+# fine replies labelled 0, and with them the blender fell below its own retriever on held-out dialogues
+# (docs/benchmarks.md, "pool mix"); random bank phrases keep it from preferring corpus style over bank style.
+BUILDER_DEFAULTS = BuilderConfig(k_retrieved=0, k_random=10, k_corpus=30)
 
 
 def register(commands: argparse._SubParsersAction) -> None:

@@ -200,7 +200,7 @@ class CountingEncoder:
         return self._vectors(texts)
 
 
-def test_turn_features_compare_the_last_turn_alone() -> None:
+def test_turn_features_compare_the_last_turns_alone() -> None:
     encoder = CountingEncoder()
     context = Context((Turn("A", "We went to the sea."), Turn("B", "Did you swim?")))
     cands = [Candidate(t, SOURCE_BANK, "en") for t in ("Yes, twice a day", "No", "The water was cold")]
@@ -208,7 +208,9 @@ def test_turn_features_compare_the_last_turn_alone() -> None:
     expected = encoder._vectors([c.text for c in cands]) @ encoder._vectors(["Did you swim?"])[0]
     assert feats["last_turn_cosine"].tolist() == pytest.approx(expected.tolist(), abs=1e-6)
     assert feats["last_turn_cosine_gap"].max() == 0.0
-    assert "Did you swim?" in encoder.queries and "We went to the sea." not in " ".join(encoder.queries)
+    two = encoder._vectors([c.text for c in cands]) @ encoder._vectors(["We went to the sea.\nDid you swim?"])[0]
+    assert feats["last_two_cosine"].tolist() == pytest.approx(two.tolist(), abs=1e-6)
+    assert sorted(encoder.queries) == ["Did you swim?", "We went to the sea.\nDid you swim?"]
     assert np.isnan(_features(AnnotatorResources(), context, cands)["last_turn_cosine"]).all()
 
 

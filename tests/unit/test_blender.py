@@ -15,7 +15,7 @@ from ranker.blender import BOOSTER_NAME, Blender, BlenderMismatchError
 from ranker.dataset import BuilderConfig, DatasetError, RankingDataset, build_ranking_dataset
 from ranker.features.lexical import LexicalAnnotator
 from ranker.idf import IdfTable
-from ranker.train import BlenderTrainConfig, ranking_metrics, train_blender
+from ranker.train import RETRIEVAL_FEATURE, BlenderTrainConfig, ranking_metrics, retrieval_only_r_at_1, train_blender
 
 POOL = 10
 
@@ -164,3 +164,16 @@ def test_ranking_metrics_resolve_ties_fairly() -> None:
     assert perfect["r@1"] == 1.0 and perfect["mrr"] == 1.0
     worst = ranking_metrics(-y, y, [4, 4])
     assert worst["r@1"] == 0.0 and worst["mrr"] == pytest.approx(0.25)
+
+
+def test_retrieval_only_baseline_ranks_by_cosine_and_puts_unretrieved_last(trained: Trained) -> None:
+    """The bar recorded beside the blender's own dev R@1: the retriever's cosine alone on the same pools."""
+    data = trained.dataset.subset("dev")
+    column = data.feature_names.index(RETRIEVAL_FEATURE)
+    X = data.X.copy()
+    X[:, column] = np.where(data.y > 0, 0.9, 0.1)  # a retriever that always finds the gold
+    assert retrieval_only_r_at_1(replace(data, X=X)) == 1.0
+    X[:, column] = np.where(data.y > 0, np.nan, 0.1)  # the gold was never retrieved: it cannot be picked
+    assert retrieval_only_r_at_1(replace(data, X=X)) == 0.0
+    # This fixture's pools carry no cosine at all, so the recorded baseline is exactly chance.
+    assert trained.metrics["dev_retrieval_r@1"] == pytest.approx(trained.metrics["dev_random_r@1"])
