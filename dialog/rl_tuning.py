@@ -112,9 +112,11 @@ def run_rl_tune(settings: Settings, config: RLRunConfig, out_dir: Path | None = 
     reward = RewardModel(relevance, proxy_specificity(proxy), config.reward)
     train_contexts = [contexts_by_id[cid] for cid in train.context_ids]
     owners = np.repeat(np.arange(len(train_contexts)), train.group_sizes)
-    reward.fit_reference([train_contexts[o] for o in owners], list(train.texts))
-    train_rewards = reward.dataset_rewards(train, contexts_by_id).total
-    dev_parts = reward.dataset_rewards(dev, contexts_by_id)
+    train_languages = [languages_by_id[cid] for cid in train.context_ids]
+    reward.fit_reference([train_contexts[o] for o in owners], list(train.texts),
+                         [train_languages[o] for o in owners])
+    train_rewards = reward.dataset_rewards(train, contexts_by_id, languages_by_id).total
+    dev_parts = reward.dataset_rewards(dev, contexts_by_id, languages_by_id)
 
     lm = DecoderLM.from_cache(proxy.config.teacher_lm or settings.lm.name, settings.models_dir,
                               LMOptions(dtype=settings.lm.dtype))

@@ -11,6 +11,11 @@ Forms (``RewardConfig.form``):
 
 The raw total is then standardized over the same reference set (WebGPT), so "0" means "as good as the
 reference average" and one β means the same trade-off whichever reward model is plugged in.
+
+Specificity is standardized per language by default (``standardize="per_language"``, when the caller
+says each row's language): LM surprisal has a different scale in each language, so with one pooled
+scale every Russian candidate could sit far above the mean, σ(z) saturate near 1 for all of them, and
+the specificity term stop telling Russian candidates apart.
 Statistics are fitted once (:meth:`RewardModel.fit_reference`) and frozen, then saved with the run.
 """
 
@@ -26,6 +31,7 @@ from core.types import Context
 from rl.standardize import RewardStandardizer
 
 FORMS = ("gated", "additive", "specificity_only")
+STANDARDIZE = ("pooled", "per_language")
 
 # (contexts, texts) -> (raw specificity, disagreement in raw units; zeros for a single model or the teacher)
 SpecificityFn = Callable[[Sequence[Context], Sequence[str]], tuple[np.ndarray, np.ndarray]]
@@ -41,12 +47,16 @@ class RewardConfig:
     lam: float = 1.0
     # What produced the specificity: "proxy" (the distilled ensemble) or "teacher" (the LM itself).
     specificity: str = "proxy"
+    # "per_language": one specificity scale per language (rows must say their language); "pooled": one scale.
+    standardize: str = "per_language"
 
     def validate(self) -> None:
         if self.form not in FORMS:
             raise ValueError(f"reward form must be one of {', '.join(FORMS)}, got {self.form!r}")
         if not np.isfinite(self.lam) or self.lam < 0:
             raise ValueError(f"reward λ must be a finite number >= 0, got {self.lam}")
+        if self.standardize not in STANDARDIZE:
+            raise ValueError(f"reward standardize must be one of {', '.join(STANDARDIZE)}, got {self.standardize!r}")
         if self.specificity not in ("proxy", "teacher"):
             raise ValueError(f"reward specificity must be 'proxy' or 'teacher', got {self.specificity!r}")
 
@@ -113,43 +123,80 @@ class RewardModel:
             return self.standardizers["relevance_logit"].transform(_logit(relevance)) + lam * spec_z
         return spec_z
 
-    def fit_reference(self, contexts: Sequence[Context], texts: Sequence[str]) -> RewardModel:
-        """Freeze the standardization on a reference pool (e.g. π_ref's candidates on train contexts)."""
+    def _spec_z(self, spec: np.ndarray, languages: Sequence[str] | None) -> np.ndarray:
+        """Each row on its language's scale when one was fitted for it, else on the pooled one."""
+        z = self.standardizers["specificity"].transform(spec)
+        if languages is None:
+            return z
+        languages = np.asarray(languages)
+        for language in set(languages.tolist()):
+            own = self.standardizers.get(f"specificity@{language}")
+            if own is not None:
+                mask = languages == language
+                z[mask] = own.transform(spec[mask])
+        return z
+
+    def _check_languages(self, languages: Sequence[str] | None, n: int) -> None:
+        if languages is not None and len(languages) != n:
+            raise ValueError(f"got {len(languages)} languages for {n} candidate texts")
+
+    def fit_reference(self, contexts: Sequence[Context], texts: Sequence[str],
+                      languages: Sequence[str] | None = None) -> RewardModel:
+        """Freeze the standardization on a reference pool (e.g. π_ref's candidates on train contexts).
+
+        ``languages`` (one per row) turns on per-language specificity scales when the config asks for them.
+        """
+        self._check_languages(languages, len(texts))
         relevance, spec, _ = self._raw(contexts, texts)
         self.standardizers = {"specificity": RewardStandardizer.fit(spec, "specificity"),
                               "relevance_logit": RewardStandardizer.fit(_logit(relevance), "relevance_logit")}
-        raw_total = self._combine(relevance, self.standardizers["specificity"].transform(spec))
+        if languages is not None and self.config.standardize == "per_language":
+            by_language = np.asarray(languages)
+            for language in sorted(set(by_language.tolist())):
+                mask = by_language == language
+                if mask.sum() >= 2 and np.std(spec[mask]) > 0:
+                    name = f"specificity@{language}"
+                    self.standardizers[name] = RewardStandardizer.fit(spec[mask], name)
+        raw_total = self._combine(relevance, self._spec_z(spec, languages))
         self.standardizers["total"] = RewardStandardizer.fit(raw_total, f"total_{self.config.form}")
         return self
 
-    def rewards(self, contexts: Sequence[Context], texts: Sequence[str]) -> RewardParts:
+    def rewards(self, contexts: Sequence[Context], texts: Sequence[str],
+                languages: Sequence[str] | None = None) -> RewardParts:
         missing = {"specificity", "relevance_logit", "total"} - set(self.standardizers)
         if missing:
             raise ValueError("the reward is not standardized yet: call fit_reference() on a reference pool first "
                              "(or load the standardizers saved with the run)")
+        self._check_languages(languages, len(texts))
         relevance, spec, spread = self._raw(contexts, texts)
-        spec_std = self.standardizers["specificity"]
-        spec_z = spec_std.transform(spec)
+        spec_z = self._spec_z(spec, languages)
         total = self.standardizers["total"].transform(self._combine(relevance, spec_z))
-        return RewardParts(total, relevance, spec_z, spread / spec_std.std)
+        # The spread on the same scale as each row's z: divide by that row's sd.
+        scale = self._spec_z(spec + 1.0, languages) - spec_z
+        return RewardParts(total, relevance, spec_z, spread * scale)
 
-    def pool_rewards(self, contexts: Sequence[Context], texts: Sequence[str], group_sizes: np.ndarray) -> RewardParts:
-        """Rewards for candidate pools: ``contexts`` has one entry per group, ``texts`` one per candidate."""
+    def pool_rewards(self, contexts: Sequence[Context], texts: Sequence[str], group_sizes: np.ndarray,
+                     languages: Sequence[str] | None = None) -> RewardParts:
+        """Rewards for candidate pools: ``contexts`` (and ``languages``) one per group, ``texts`` one per candidate."""
         sizes = np.asarray(group_sizes, dtype=np.int64)
         if len(sizes) != len(contexts) or (sizes < 0).any() or int(sizes.sum()) != len(texts):
             raise ValueError(f"group sizes (sum {int(sizes.sum())}, {len(sizes)} groups) do not match "
                              f"{len(contexts)} contexts and {len(texts)} candidate texts")
         rows = [ctx for ctx, n in zip(contexts, sizes, strict=True) for _ in range(int(n))]
-        return self.rewards(rows, texts)
+        row_languages = None if languages is None else [lang for lang, n in zip(languages, sizes, strict=True)
+                                                        for _ in range(int(n))]
+        return self.rewards(rows, texts, row_languages)
 
-    def dataset_rewards(self, dataset: Any, contexts_by_id: Mapping[str, Context]) -> RewardParts:
+    def dataset_rewards(self, dataset: Any, contexts_by_id: Mapping[str, Context],
+                        languages_by_id: Mapping[str, str] | None = None) -> RewardParts:
         """Rewards for a ``ranker.dataset.RankingDataset`` (which stores context ids, not contexts)."""
         missing = [cid for cid in dataset.context_ids if cid not in contexts_by_id]
         if missing:
             raise ValueError(f"{len(missing)} dataset contexts have no Context (e.g. {missing[0]!r}); "
                              "build contexts_by_id from the same corpus pairs the dataset was built from")
         contexts = [contexts_by_id[cid] for cid in dataset.context_ids]
-        return self.pool_rewards(contexts, list(dataset.texts), dataset.group_sizes)
+        languages = None if languages_by_id is None else [languages_by_id[cid] for cid in dataset.context_ids]
+        return self.pool_rewards(contexts, list(dataset.texts), dataset.group_sizes, languages)
 
     def state(self) -> dict[str, Any]:
         """Config plus frozen statistics, for a run report; rebuild with :meth:`from_state`."""

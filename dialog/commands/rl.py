@@ -21,6 +21,8 @@ def register(commands: argparse._SubParsersAction) -> None:
                       help="relevance guard for choosing β: allowed fall in dev R@1 (default 0.02)")
     tune.add_argument("--alpha", type=float, default=0.02, help="entropy bonus")
     tune.add_argument("--iterations", type=int, default=4)
+    tune.add_argument("--standardize", choices=("per_language", "pooled"), default="per_language",
+                      help="specificity reward scale: one per language (default) or one pooled over all")
     tune.add_argument("--out", type=Path, help="run directory (default: <home>/artifacts/rl-run)")
     tune.set_defaults(func=run_tune)
 
@@ -42,9 +44,10 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def run_tune(args: argparse.Namespace, settings: Settings) -> int:
     from dialog.rl_tuning import RLRunConfig, run_rl_tune
+    from rl.rewards import RewardConfig
 
     config = RLRunConfig(betas=tuple(args.betas), main_beta=args.beta, alpha=args.alpha, iterations=args.iterations,
-                         max_r_at_1_drop=args.max_r1_drop)
+                         max_r_at_1_drop=args.max_r1_drop, reward=RewardConfig(standardize=args.standardize))
     report = run_rl_tune(settings, config, args.out, progress=lambda row: print(json.dumps(row)))
     print(json.dumps({"reference": report["reference"], "selection": report["selection"], "targets": report["targets"],
                       "tuned_blender": report["tuned_blender"]}, indent=2))

@@ -112,3 +112,31 @@ def test_nan_and_unfitted_rewards_are_refused() -> None:
 def test_bad_config_is_refused(config: RewardConfig) -> None:
     with pytest.raises(ValueError, match="reward"):
         RewardModel(TableRelevance(RELEVANCE), table_specificity(SPECIFICITY), config)
+
+
+def test_specificity_is_standardized_per_language() -> None:
+    """Russian surprisal on a higher scale than English must not make every Russian reply 'specific'."""
+    en = {"ok": 2.0, "sure": 3.0, "walk to the fountain?": 7.0}
+    ru = {"ага": 30.0, "да": 31.0, "пойдём к фонтану?": 35.0}
+    table = {**en, **ru}
+    texts, languages = list(table), ["en"] * len(en) + ["ru"] * len(ru)
+    relevance = TableRelevance({t: 0.8 + 0.05 * (i % 3) for i, t in enumerate(table)})  # same pattern per language
+    per_language = RewardModel(relevance, table_specificity(table), RewardConfig())
+    per_language.fit_reference([CTX] * len(texts), texts, languages)
+    parts = per_language.rewards([CTX] * len(texts), texts, languages)
+    for lang in ("en", "ru"):
+        z = parts.specificity[np.array(languages) == lang]
+        assert z.mean() == pytest.approx(0.0, abs=1e-9) and z.std() == pytest.approx(1.0)
+    # The same pattern within each language earns the same reward: the scale difference is gone.
+    assert parts.total[:3] == pytest.approx(parts.total[3:])
+    pooled = RewardModel(relevance, table_specificity(table), RewardConfig(standardize="pooled"))
+    pooled.fit_reference([CTX] * len(texts), texts, languages)
+    flat = pooled.rewards([CTX] * len(texts), texts, languages)
+    assert flat.specificity[3:].min() > flat.specificity[:3].max()  # every Russian reply above every English one
+    # Rows without a language, or of a language never seen, fall back to the pooled scale.
+    fallback = per_language.rewards([CTX], ["ага"], ["uk"])
+    assert fallback.specificity[0] == pytest.approx(flat.specificity[3])
+    with pytest.raises(ValueError, match="languages"):
+        per_language.rewards([CTX] * 2, ["ok", "да"], ["en"])
+    with pytest.raises(ValueError, match="standardize"):
+        RewardConfig(standardize="by-moon").validate()
