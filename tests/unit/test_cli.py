@@ -41,6 +41,15 @@ def test_train_retriever_help_lists_the_domain_adaptation_flags(capsys: pytest.C
     assert "train hash split" in out
 
 
+def test_train_blender_refuses_bad_pool_flags_before_reading_anything(home: Path, tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "blender", "--random-negatives", "-1"]) != 0
+    assert "--random-negatives must be 0 or more" in capsys.readouterr().err
+    assert main(["train", "blender", "--topicalchat", str(tmp_path / "nowhere")]) != 0
+    assert "valid_freq.json" in capsys.readouterr().err
+    assert not (home / "artifacts").exists()  # nothing was written
+
+
 def test_malformed_import_leaves_the_bank_unchanged(home: Path, tmp_path: Path,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     good = tmp_path / "good.jsonl"
