@@ -175,3 +175,17 @@ def test_saved_beta_is_the_most_specific_within_the_relevance_guard() -> None:
     failing = _report({"0.05": (0.40, 0.50, 0.9), "0.2": (0.60, 0.70, 0.4)})
     beta, selection = choose_beta(failing, RLRunConfig())
     assert beta == 0.2 and selection["passing"] == [] and "no β" in selection["rule"]
+
+
+def test_paired_drop_interval_covers_the_drop_and_narrows_with_pairing() -> None:
+    from dialog.rl_tuning import paired_drop_interval
+
+    rng = np.random.default_rng(1)
+    ref = (rng.random(400) < 0.5).astype(float)
+    tuned = ref.copy()
+    tuned[np.flatnonzero(ref)[:12]] = 0.0  # lose the gold on 12 of 400 pools: a 3-point drop
+    lo, hi = paired_drop_interval(ref, tuned)
+    assert lo <= 0.03 <= hi and lo > 0.0  # the drop is real: the interval excludes 0
+    same_lo, same_hi = paired_drop_interval(ref, ref)
+    assert same_lo == same_hi == 0.0
+    assert all(np.isnan(paired_drop_interval(np.array([]), np.array([]))))
