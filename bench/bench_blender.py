@@ -45,12 +45,42 @@ def _stats(samples_s: list[float]) -> dict[str, float]:
             "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean())}
 
 
+def _turn_timings(encoder_name: str, bank: list[Candidate], pairs: list, pool_size: int,
+                  rng: np.random.Generator) -> dict[str, list[float]]:
+    """The turn annotator's cost per request with bank vectors already cached (as serving reads them from
+    the index), against the baseline of encoding the retrieval query once, on the same contexts."""
+    from core.config import default_models_dir
+    from core.models.registry import resolve
+    from ranker.blender_scorer import CachingEncoder
+    from ranker.features.turn import TurnAnnotator
+    from retriever.encoder import Encoder
+
+    encoder = Encoder(resolve(encoder_name, default_models_dir()))
+    pools = [[bank[i] for i in rng.choice(len(bank), pool_size, replace=False)] for _ in pairs]
+    texts = sorted({c.text for pool in pools for c in pool})
+    cached = CachingEncoder(encoder)
+    cached.seed_passages(texts, encoder.encode_passages(texts))
+    turn = TurnAnnotator(AnnotatorResources(encoder=cached))
+    out: dict[str, list[float]] = {"retrieval_query_encode": [], "turn_features": []}
+    for pair, pool in zip(pairs, pools, strict=True):
+        start = time.perf_counter()
+        encoder.encode_queries([pair.context.as_query_text(3)])
+        mid = time.perf_counter()
+        turn.annotate([pair.context], [pool])
+        out["retrieval_query_encode"].append(mid - start)
+        out["turn_features"].append(time.perf_counter() - mid)
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--pool", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=300)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "blender.json")
+    parser.add_argument("--encoder", help="also time the turn annotator with this encoder (cache name or path), "
+                        "beside the retrieval query encoding serving already pays for the same context")
+    parser.add_argument("--turn-requests", type=int, default=100)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -95,6 +125,8 @@ def main() -> int:
             if warm:
                 timings[key].append(time.perf_counter() - start)
 
+    if args.encoder:
+        timings.update(_turn_timings(args.encoder, bank, eval_pairs[:args.turn_requests], args.pool, rng))
     results = {name: _stats(samples) for name, samples in timings.items()}
     report = {
         "benchmark": "blender per-request overhead",

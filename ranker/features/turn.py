@@ -25,13 +25,14 @@ class TurnAnnotator(Annotator):
     windows = (1, 2)
 
     def annotate(self, contexts: Sequence[Context], candidates: Sequence[Sequence[Candidate]]) -> list[np.ndarray]:
-        """Batched over pools: one query call and one passage call for the whole batch."""
+        """Batched over pools and windows: one query call and one passage call for the whole batch."""
         if len(contexts) != len(candidates):
             raise ValueError(f"{len(contexts)} contexts but {len(candidates)} candidate pools")
         encoder = self.resources.encoder
         if encoder is None:
             return [self.empty(len(pool)) for pool in candidates]
-        views = [encoder.encode_queries([ctx.as_query_text(n) for ctx in contexts]) for n in self.windows]
+        flat = encoder.encode_queries([ctx.as_query_text(n) for n in self.windows for ctx in contexts])
+        views = [flat[v * len(contexts):(v + 1) * len(contexts)] for v in range(len(self.windows))]
         texts = [c.text for pool in candidates for c in pool]
         passages = encoder.encode_passages(texts) if texts else np.zeros((0, views[0].shape[1]), np.float32)
         out, start = [], 0
