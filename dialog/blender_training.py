@@ -30,9 +30,10 @@ from core.corpora import (
     split_of,
 )
 from core.types import SOURCE_BANK, Candidate, Context, Turn
-from dialog.ranker_setup import BLENDER_DIR, ReusingEncoder, annotator_resources
-from ranker.annotators import build_annotators
-from ranker.dataset import BuilderConfig, RankingDataset, build_ranking_dataset, encoder_similarity
+from dialog.ranker_setup import BLENDER_DIR, ReusingEncoder, annotator_resources, index_backed_encoder
+from ranker.annotators import build_annotators, describe
+from ranker.blender import IDF_NAME
+from ranker.dataset import BuilderConfig, DatasetError, RankingDataset, build_ranking_dataset, encoder_similarity
 from ranker.idf import IdfTable
 from ranker.train import BlenderTrainConfig, train_blender
 from retriever.bank_index import load_index
@@ -94,6 +95,33 @@ def sample_pairs(dialogues: Iterable[Dialogue], languages: Sequence[str], per_la
     return chosen
 
 
+def retrain_from_saved_data(settings: Settings, config: BlenderTrainConfig, out_dir: Path) -> dict[str, float]:
+    """Refit the booster on the ranking data a previous run saved: seconds instead of the encoding-bound build.
+
+    Refused unless the saved features are exactly what the current annotators and resources would compute
+    (annotator versions, encoder, proxy, IDF table), so a reused dataset can never smuggle stale columns in.
+    """
+    data_dir = out_dir.with_name(out_dir.name + DATA_SUFFIX)
+    rebuild = f"run `repliq train blender` without --reuse-data to rebuild {data_dir}"
+    if not (data_dir / "dataset.npz").is_file():
+        raise FileNotFoundError(f"no saved ranking data in {data_dir}; {rebuild}")
+    dataset = RankingDataset.load(data_dir / "dataset.npz")
+    idf_path = next((p for p in (data_dir / IDF_NAME, out_dir / IDF_NAME) if p.is_file()), None)
+    idf = IdfTable.load(idf_path) if idf_path is not None else None
+    if idf is None or idf.hash != dataset.resources.get("idf"):
+        raise DatasetError(f"the IDF table the saved data was built with is not in {data_dir}; {rebuild}")
+    with PhraseBank(settings.bank_path) as bank:
+        encoder = index_backed_encoder(settings, Encoder.from_config(settings), bank)
+    resources, descriptor = annotator_resources(settings, encoder, idf)
+    annotators = build_annotators(resources)
+    expected = {"idf": idf.hash, **descriptor}
+    if dataset.annotators != describe(annotators) or dataset.resources != expected:
+        raise DatasetError(f"the saved ranking data was built with other annotators or resources than the current "
+                           f"ones; {rebuild}")
+    log.info("reusing ranking data: %d groups, %d rows", len(dataset.group_sizes), len(dataset.y))
+    return train_blender(dataset, config, out_dir, idf=idf, annotators=annotators)
+
+
 def train_workspace_blender(settings: Settings, corpora: BlenderCorpora, config: BlenderTrainConfig,
                             builder: BuilderConfig | None = None, out_dir: Path | None = None) -> dict[str, float]:
     out_dir = out_dir or settings.artifacts_dir / BLENDER_DIR
@@ -127,18 +155,22 @@ def train_workspace_blender(settings: Settings, corpora: BlenderCorpora, config:
             )
         log.info("ranking dataset: %d groups, %d rows, %d features", len(dataset.group_sizes), len(dataset.y),
                  len(dataset.feature_names))
-        save_training_data(out_dir.with_name(out_dir.name + DATA_SUFFIX), dataset, pairs)
+        save_training_data(out_dir.with_name(out_dir.name + DATA_SUFFIX), dataset, pairs, idf)
         return train_blender(dataset, config, out_dir, idf=idf, annotators=annotators)
 
 
-def save_training_data(directory: Path, dataset: RankingDataset, pairs: Sequence[ContextPair]) -> None:
-    """The ranking data and its contexts, kept beside the blender: RL tuning and evaluation reuse them."""
+def save_training_data(directory: Path, dataset: RankingDataset, pairs: Sequence[ContextPair],
+                       idf: IdfTable | None = None) -> None:
+    """The ranking data, its contexts and IDF table, kept beside the blender: RL tuning, evaluation and
+    `train blender --reuse-data` read them."""
     wanted = set(dataset.context_ids)
     rows = [{"context_id": p.context_id, "language": p.language, "response": p.response,
              "turns": [{"speaker": t.speaker, "text": t.text} for t in p.context.turns]}
             for p in pairs if p.context_id in wanted]
     with atomic_directory(directory) as scratch:
         dataset.save(scratch / "dataset.npz")
+        if idf is not None:
+            idf.save(scratch / IDF_NAME)
         atomic_write_text(scratch / "contexts.jsonl",
                           "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 

@@ -42,13 +42,17 @@ def register(commands: argparse._SubParsersAction) -> None:
                          help=f"top retrieved bank phrases per context (default {defaults.k_retrieved})")
     blender.add_argument("--random-negatives", type=int, default=defaults.k_random, metavar="N",
                          help=f"random bank phrases per context (default {defaults.k_random})")
+    blender.add_argument("--reuse-data", action="store_true",
+                         help="refit on the ranking data the last run saved beside --out (its -data folder) "
+                              "instead of rebuilding it; refused if the annotators or resources changed")
     blender.add_argument("--out", type=Path, help="output directory (default: <home>/artifacts/blender)")
     blender.set_defaults(func=run_blender)
     register_more(sub)
 
 
 def run_blender(args: argparse.Namespace, settings: Settings) -> int:
-    from dialog.blender_training import BlenderCorpora, train_workspace_blender
+    from dialog.blender_training import BlenderCorpora, retrain_from_saved_data, train_workspace_blender
+    from dialog.ranker_setup import BLENDER_DIR
     from ranker.train import BlenderTrainConfig
 
     for flag in ("corpus_negatives", "retrieved_negatives", "random_negatives", "topicalchat_pairs"):
@@ -64,8 +68,12 @@ def run_blender(args: argparse.Namespace, settings: Settings) -> int:
                              topicalchat_pairs=args.topicalchat_pairs)
     builder = BuilderConfig(k_corpus=args.corpus_negatives, k_retrieved=args.retrieved_negatives,
                             k_random=args.random_negatives)
-    metrics = train_workspace_blender(settings, corpora, BlenderTrainConfig(rounds=args.rounds), builder,
-                                      out_dir=args.out)
+    if args.reuse_data:
+        metrics = retrain_from_saved_data(settings, BlenderTrainConfig(rounds=args.rounds),
+                                          args.out or settings.artifacts_dir / BLENDER_DIR)
+    else:
+        metrics = train_workspace_blender(settings, corpora, BlenderTrainConfig(rounds=args.rounds), builder,
+                                          out_dir=args.out)
     print(json.dumps(metrics, indent=2))
     return 0
 

@@ -123,3 +123,25 @@ def test_tuned_blender_with_other_inputs_is_refused(rl_settings: Settings, rl_re
                                                         blender=str(rl_settings.artifacts_dir / TUNED_DIR)))
     with pytest.raises(BlenderMismatchError, match=r"specificity: trained with .* serving has 'none'"):
         build_pipeline(without_proxy)
+
+
+def test_reuse_data_refits_the_same_blender_and_refuses_changed_annotators(rl_settings: Settings,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """`repliq train blender --reuse-data`: the saved ranking data gives back the very same booster, and is
+    refused once an annotator would compute its columns differently."""
+    from dialog.blender_training import DATA_SUFFIX, retrain_from_saved_data
+    from ranker.blender import MANIFEST_NAME
+    from ranker.dataset import DatasetError
+    from ranker.features.turn import TurnAnnotator
+    from ranker.train import BlenderTrainConfig
+
+    artifacts = rl_settings.artifacts_dir
+    shutil.copytree(artifacts / ("blender" + DATA_SUFFIX), artifacts / ("refit" + DATA_SUFFIX))
+    metrics = retrain_from_saved_data(rl_settings, BlenderTrainConfig(rounds=150), artifacts / "refit")
+    original = json.loads((artifacts / "blender" / MANIFEST_NAME).read_text(encoding="utf-8"))
+    refit = json.loads((artifacts / "refit" / MANIFEST_NAME).read_text(encoding="utf-8"))
+    assert refit["data_hash"] == original["data_hash"] and refit["model_sha256"] == original["model_sha256"]
+    assert metrics["dev_r@1"] == pytest.approx(original["metrics"]["dev_r@1"])
+    monkeypatch.setattr(TurnAnnotator, "version", "999")
+    with pytest.raises(DatasetError, match="without --reuse-data"):
+        retrain_from_saved_data(rl_settings, BlenderTrainConfig(rounds=150), artifacts / "refit")
