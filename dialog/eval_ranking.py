@@ -39,13 +39,14 @@ def ranking_scorers(settings: Settings, encoder_names: Sequence[str], blender_di
         return scorers, None
     if blender_dir is not None:
         settings = replace(settings, ranker=replace(settings.ranker, blender=str(blender_dir)))
-    shared = encoders.get(settings.encoder.name)
-    encoder = shared.encoder if shared is not None else Encoder.from_config(settings)
-    blender = load_blender(settings, encoder)
+    # One cache for the bi-encoder row, the blender's retrieval cosines and its annotators (turn windows,
+    # specificity proxy), so each text is encoded once however many of them read it.
+    shared = encoders.get(settings.encoder.name) or CachingEncoder(Encoder.from_config(settings))
+    blender = load_blender(settings, shared)
     if blender is None:
         say("no trained blender in this workspace (`repliq train blender`); evaluating without it")
         return scorers, None
-    scorers.append(BlenderScorer(blender, shared or CachingEncoder(encoder),
+    scorers.append(BlenderScorer(blender, shared,
                                  context_turns=settings.retrieval.context_turns,
                                  rerank_depth=settings.retrieval.pool_k))
     return scorers, blender
