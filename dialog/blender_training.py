@@ -33,7 +33,14 @@ from core.types import SOURCE_BANK, Candidate, Context, Turn
 from dialog.ranker_setup import BLENDER_DIR, ReusingEncoder, annotator_resources, index_backed_encoder
 from ranker.annotators import build_annotators, describe
 from ranker.blender import IDF_NAME
-from ranker.dataset import BuilderConfig, DatasetError, RankingDataset, build_ranking_dataset, encoder_similarity
+from ranker.dataset import (
+    DEFAULT_POOLS,
+    BuilderConfig,
+    DatasetError,
+    RankingDataset,
+    build_ranking_dataset,
+    encoder_similarity,
+)
 from ranker.idf import IdfTable
 from ranker.train import BlenderTrainConfig, train_blender
 from retriever.bank_index import load_index
@@ -151,7 +158,7 @@ def train_workspace_blender(settings: Settings, corpora: BlenderCorpora, config:
             dataset = build_ranking_dataset(
                 pairs, annotators, bank_candidates, retrieve=retriever.retrieve_many,
                 similarity=encoder_similarity(reusing, settings.retrieval.context_turns),
-                config=builder or BuilderConfig(), resources={"idf": idf.hash, **descriptor}, progress=bar.update,
+                config=builder or DEFAULT_POOLS, resources={"idf": idf.hash, **descriptor}, progress=bar.update,
             )
         log.info("ranking dataset: %d groups, %d rows, %d features", len(dataset.group_sizes), len(dataset.y),
                  len(dataset.feature_names))

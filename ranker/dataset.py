@@ -64,6 +64,12 @@ class BuilderConfig:
     batch_size: int = 64
 
 
+# The pools `repliq train blender` builds unless told. No retrieved negatives: the bank's top hits are often
+# fine replies labelled 0, and with them the blender fell below its own retriever on held-out dialogues
+# (docs/benchmarks.md, "pool mix"); random bank phrases keep it from preferring corpus style over bank style.
+DEFAULT_POOLS = BuilderConfig(k_retrieved=0, k_random=10, k_corpus=30)
+
+
 @dataclass
 class RankingDataset:
     X: np.ndarray  # float32 (rows, features), NaN = missing

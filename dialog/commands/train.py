@@ -7,14 +7,10 @@ import json
 from pathlib import Path
 
 from core.config import Settings
-from ranker.dataset import BuilderConfig
+from ranker.dataset import DEFAULT_POOLS, BuilderConfig
 
 TOPICALCHAT_PAIRS = 2000  # Topical-Chat training pairs: about two turns of each train-split conversation
 DEV_PAIRS = 100  # held-out pairs per language and corpus for the before/after R@1-of-10 in the manifest
-# The pool mix `repliq train blender` uses unless told. No retrieved negatives: the bank's top hits are often
-# fine replies labelled 0, and with them the blender fell below its own retriever on held-out dialogues
-# (docs/benchmarks.md, "pool mix"); random bank phrases keep it from preferring corpus style over bank style.
-BUILDER_DEFAULTS = BuilderConfig(k_retrieved=0, k_random=10, k_corpus=30)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -34,7 +30,7 @@ def register(commands: argparse._SubParsersAction) -> None:
                          help="Topical-Chat contexts, beside --max-pairs of the other corpora (default 1500)")
     blender.add_argument("--max-pairs", type=int, default=2500, help="contexts per language (default 2500)")
     blender.add_argument("--rounds", type=int, default=500, help="maximum boosting rounds (early stopping on dev)")
-    defaults = BUILDER_DEFAULTS
+    defaults = DEFAULT_POOLS
     blender.add_argument("--corpus-negatives", type=int, default=defaults.k_corpus, metavar="N",
                          help="negatives per context drawn from other dialogues' replies (same corpus, language "
                               f"and split); 0 = bank negatives only (default {defaults.k_corpus})")
