@@ -44,7 +44,8 @@ class ReusingEncoder(CachingEncoder):
     Bank phrases already have vectors in the index, and each context's query is needed twice (to
     retrieve and to score the gold and random phrases); encoding dominates the build, so both are
     looked up instead of recomputed. RL tuning and proxy training reuse it too: their reward models
-    read every candidate text several times (standardization, train and dev rewards).
+    read every candidate text several times (standardization, train and dev rewards). Serving hands one
+    to the blender's annotators (with ``max_cached``), so a request encodes its queries, not its pool.
     """
 
     def __init__(self, encoder: Encoder, bank_index: BankIndex, max_cached: int | None = None) -> None:
