@@ -4,8 +4,8 @@
 
 ``DATA_DIR`` is what `repliq train blender --retrieved-negatives 10 --random-negatives 10
 --corpus-negatives 30 --out <home>/artifacts/NAME` saved as ``NAME-data`` (the richest pool). Each
-variant drops rows of some origins from every pool, recomputes the pool-relative columns (rank, gaps,
-z-score) for the smaller pool exactly as the annotators would, trains a blender and scores it with
+variant drops rows of some origins from every pool (``ranker.dataset.restrict_origins``, which
+recomputes the pool-relative columns for the smaller pools), trains a blender and scores it with
 `repliq eval ranking`'s held-out sets next to the bi-encoder the data was built with (``REPLIQ_HOME``'s
 ``[encoder]``). A ``/no-turn`` suffix blanks the turn annotator's columns, so the trees cannot use them.
 
@@ -27,9 +27,8 @@ from core.config import load_settings
 from dialog.ranker_setup import annotator_resources, load_blender
 from ranker.annotators import build_annotators
 from ranker.blender_scorer import BlenderScorer, CachingEncoder
-from ranker.dataset import RankingDataset
+from ranker.dataset import RankingDataset, restrict_origins
 from ranker.evaluation import BiEncoderScorer, evaluate_ranking, russian_dataset, topicalchat_dataset
-from ranker.features.retrieval import pool_ranks
 from ranker.idf import IdfTable
 from ranker.train import BlenderTrainConfig, train_blender
 from retriever.encoder import Encoder
@@ -41,32 +40,6 @@ KEEP = {
     "corpus-only": {"gold", "corpus"},
 }
 TURN_COLUMNS = ("last_turn_cosine", "last_turn_cosine_gap", "last_two_cosine", "last_two_cosine_gap")
-
-
-def _gap(values: np.ndarray) -> np.ndarray:
-    return values - np.nanmax(values) if not np.all(np.isnan(values)) else values
-
-
-def restrict(data: RankingDataset, keep: set[str]) -> RankingDataset:
-    """The dataset with only rows of ``keep`` origins, pool-relative columns recomputed per smaller pool."""
-    col = {name: i for i, name in enumerate(data.feature_names)}
-    X, rows, sizes = data.X.copy(), [], []
-    off = data.offsets
-    for g in range(len(data.group_sizes)):
-        r = [i for i in range(off[g], off[g + 1]) if data.origins[i] in keep]
-        cos = X[r, col["retrieval_cosine"]].astype(np.float64)
-        X[r, col["retrieval_rank"]] = pool_ranks(cos)
-        X[r, col["retrieval_cosine_gap"]] = _gap(cos)
-        spread = np.nanstd(cos)
-        X[r, col["retrieval_cosine_z"]] = (cos - np.nanmean(cos)) / spread if spread > 0 else np.nan
-        for name in ("bm25_context", "last_turn_cosine", "last_two_cosine"):
-            if name in col:
-                X[r, col[f"{name}_gap"]] = _gap(X[r, col[name]].astype(np.float64))
-        rows += r
-        sizes.append(len(r))
-    index = np.asarray(rows, dtype=np.int64)
-    return replace(data, X=X[index], y=data.y[index], group_sizes=np.asarray(sizes, np.int64),
-                   texts=[data.texts[i] for i in index], origins=[data.origins[i] for i in index])
 
 
 def main() -> None:
@@ -88,15 +61,16 @@ def main() -> None:
     results: dict[str, dict] = {}
     for variant in args.variants.split(","):
         mix, _, ablation = variant.partition("/")
-        part = restrict(data, KEEP[mix])
+        resources, _ = annotator_resources(settings, encoder, idf)
+        annotators = build_annotators(resources)
+        part = restrict_origins(data, KEEP[mix], annotators)
         if ablation == "no-turn":
             X = part.X.copy()
             X[:, [part.feature_names.index(c) for c in TURN_COLUMNS if c in part.feature_names]] = np.nan
             part = replace(part, X=X)
         out = args.work / variant.replace("/", "-")
-        resources, _ = annotator_resources(settings, encoder, idf)
         started = time.perf_counter()
-        metrics = train_blender(part, BlenderTrainConfig(), out, idf=idf, annotators=build_annotators(resources))
+        metrics = train_blender(part, BlenderTrainConfig(), out, idf=idf, annotators=annotators)
         blender = load_blender(replace(settings, ranker=replace(settings.ranker, blender=str(out))), encoder)
         scorer = BlenderScorer(blender, encoder, context_turns=settings.retrieval.context_turns,
                                rerank_depth=settings.retrieval.pool_k, name=variant)

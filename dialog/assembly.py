@@ -13,13 +13,11 @@ from core.bank.store import PhraseBank
 from core.config import Settings
 from dialog.generation.source import build_generator
 from dialog.pipeline import Pipeline
-from dialog.ranker_setup import ReusingEncoder, load_blender
+from dialog.ranker_setup import load_blender
 from retriever.bank_index import load_index
 from retriever.bank_retriever import BankRetriever
 from retriever.encoder import Encoder
 from retriever.microbatch import MicroBatcher
-
-SERVING_CACHE = 4096  # recent contexts' and generated replies' vectors kept for the blender's annotators
 
 
 @dataclass
@@ -48,8 +46,7 @@ def build_pipeline(settings: Settings) -> Assembled:
     retriever = BankRetriever(
         encoder, bank_index, bank, context_turns=settings.retrieval.context_turns, microbatcher=batcher
     )
-    # The blender's annotators read bank vectors from the index instead of re-encoding the pool.
-    blender = load_blender(settings, ReusingEncoder(encoder, bank_index, max_cached=SERVING_CACHE))
+    blender = load_blender(settings, encoder, bank_index)
     versions = {
         "encoder": encoder.identity,
         "bank": str(bank_index.manifest.bank_revision),

@@ -24,6 +24,7 @@ from retriever.encoder import Encoder
 log = logging.getLogger(__name__)
 
 BLENDER_DIR = "blender"
+SERVING_CACHE = 4096  # recent contexts' and generated replies' vectors kept for the blender's annotators
 SPECIFICITY_DIR = "reward-specificity"
 
 
@@ -79,11 +80,18 @@ def annotator_resources(settings: Settings, encoder: Encoder | CachingEncoder, i
     return resources, descriptor
 
 
-def load_blender(settings: Settings, encoder: Encoder | CachingEncoder) -> Blender | None:
-    """The configured blender, refused unless its features and resources match what serving provides."""
+def load_blender(settings: Settings, encoder: Encoder | CachingEncoder,
+                 bank_index: BankIndex | None = None) -> Blender | None:
+    """The configured blender, refused unless its features and resources match what serving provides.
+
+    With ``bank_index`` (serving) its annotators read bank vectors from the index instead of re-encoding
+    each pool; the copy is made only when there is a blender to feed.
+    """
     path = settings.artifact_path(settings.ranker.blender, BLENDER_DIR)
     if path is None:
         return None
+    if bank_index is not None:
+        encoder = ReusingEncoder(encoder, bank_index, max_cached=SERVING_CACHE)
     resources, descriptor = annotator_resources(settings, encoder)
     blender = Blender.load(Path(path), resources)
     trained = {key: blender.manifest.resources.get(key) for key in descriptor}

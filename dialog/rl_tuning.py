@@ -176,13 +176,10 @@ def run_rl_tune(settings: Settings, config: RLRunConfig, out_dir: Path | None = 
     tuned.manifest.metrics = report["runs"][f"{main_beta:g}"]["final"]
     tuned.save(settings.artifacts_dir / TUNED_DIR)
     report["tuned_blender"] = str(settings.artifacts_dir / TUNED_DIR)
-    report["samples"] = _samples(ref_scores, tuned_main.predict(dev.X), dev, dev_contexts, config)
-    report["targets"] = _targets(report, main_beta)
-    ref_hits = _r_at_1(ref_scores, dev.group_sizes, dev.y)
-    tuned_hits = _r_at_1(tuned_main.predict(dev.X), dev.group_sizes, dev.y)
-    for key, target in report["targets"].items():
-        mask = judge.languages == key if key != "all" else np.ones(len(ref_hits), dtype=bool)
-        target["r_at_1_drop_ci95"] = list(paired_drop_interval(ref_hits[mask], tuned_hits[mask], config.seed))
+    tuned_scores = tuned_main.predict(dev.X)
+    report["samples"] = _samples(ref_scores, tuned_scores, dev, dev_contexts, config)
+    report["targets"] = _targets(report, main_beta, _r_at_1(ref_scores, dev.group_sizes, dev.y),
+                                 _r_at_1(tuned_scores, dev.group_sizes, dev.y), judge.languages, config.seed)
     atomic_write_json(out_dir / "report.json", report)
     atomic_write_text(out_dir / "samples.md", _samples_markdown(report["samples"]))
     return report
@@ -235,13 +232,18 @@ def choose_beta(report: dict[str, Any], config: RLRunConfig) -> tuple[float, dic
                   "passing": [], "max_r_at_1_drop": config.max_r_at_1_drop}
 
 
-def _targets(report: dict[str, Any], main_beta: float) -> dict[str, Any]:
+def _targets(report: dict[str, Any], main_beta: float, ref_hits: np.ndarray, tuned_hits: np.ndarray,
+             languages: np.ndarray, seed: int) -> dict[str, Any]:
+    """Per language and overall: the specificity gain, the R@1 drop with its paired interval, and "met"."""
     ref, final = report["reference"], report["runs"][f"{main_beta:g}"]["final"]
     out: dict[str, Any] = {}
     for key in [k for k in ref if k.startswith("teacher_specificity_z")]:
         suffix = key[len("teacher_specificity_z"):]
         gain = final[key] - ref[key]
         drop = ref[f"r_at_1{suffix}"] - final[f"r_at_1{suffix}"]
-        out[suffix.strip("_") or "all"] = {"specificity_gain_sd": gain, "r_at_1_drop": drop,
-                                           "met": bool(gain >= 0.3 and drop <= 0.02)}
+        language = suffix.strip("_")
+        rows = languages == language if language else np.ones(len(ref_hits), dtype=bool)
+        interval = paired_drop_interval(ref_hits[rows], tuned_hits[rows], seed)
+        out[language or "all"] = {"specificity_gain_sd": gain, "r_at_1_drop": drop, "r_at_1_drop_ci95": list(interval),
+                                  "met": bool(gain >= 0.3 and drop <= 0.02)}
     return out

@@ -62,6 +62,8 @@ class Annotator(ABC):
     name: ClassVar[str]
     version: ClassVar[str]
     feature_names: ClassVar[tuple[str, ...]]
+    # (derived column, source column, ``ranker.features.pool`` statistic): what a smaller pool must recompute.
+    pool_relative: ClassVar[tuple[tuple[str, str, str], ...]] = ()
 
     def __init__(self, resources: AnnotatorResources) -> None:
         self.resources = resources

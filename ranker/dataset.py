@@ -21,7 +21,7 @@ import hashlib
 import io
 import json
 import logging
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import islice
 from pathlib import Path
@@ -33,6 +33,7 @@ from core.corpora import ContextPair, split_of
 from core.text import normalize_text
 from core.types import SOURCE_BANK, Candidate, Context, QueryPassageEncoder
 from ranker.annotators import Annotator, annotate_all, describe, feature_names
+from ranker.features.pool import STATISTICS
 
 log = logging.getLogger(__name__)
 
@@ -338,6 +339,32 @@ def build_ranking_dataset(
         texts=[c.text for g in groups_out for c in g.pool], origins=[o for g in groups_out for o in g.origins],
         annotators=describe(annotators), resources=dict(resources or {}),
     )
+
+
+def restrict_origins(dataset: RankingDataset, keep: Collection[str], annotators: Sequence[Annotator]
+                     ) -> RankingDataset:
+    """The dataset with only the rows of ``keep`` origins (gold, retrieved, random, corpus, ...).
+
+    Pool-relative columns (ranks, gaps, z-scores; each annotator's ``pool_relative``) are recomputed for
+    the smaller pools, so the result equals building the smaller pools directly: one rich build can then
+    answer "which negatives should the pools hold?" without re-encoding anything.
+    """
+    if dataset.annotators != describe(annotators):
+        raise DatasetError("the annotators differ from the ones the dataset was built with; rebuild the dataset")
+    col = {name: i for i, name in enumerate(dataset.feature_names)}
+    derived = [(col[target], col[source], STATISTICS[stat])
+               for a in annotators for target, source, stat in a.pool_relative]
+    X, kept, sizes = dataset.X.copy(), [], []
+    off = dataset.offsets
+    for g in range(len(dataset.group_sizes)):
+        rows = np.array([i for i in range(off[g], off[g + 1]) if dataset.origins[i] in keep], dtype=np.int64)
+        for target, source, statistic in derived:
+            X[rows, target] = statistic(X[rows, source])
+        kept.append(rows)
+        sizes.append(len(rows))
+    index = np.concatenate(kept) if kept else np.empty(0, np.int64)
+    return replace(dataset, X=X[index], y=dataset.y[index], group_sizes=np.asarray(sizes, np.int64),
+                   texts=[dataset.texts[i] for i in index], origins=[dataset.origins[i] for i in index])
 
 
 def missingness_gaps(dataset: RankingDataset, threshold: float = 0.5) -> dict[str, tuple[float, float]]:

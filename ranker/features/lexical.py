@@ -10,6 +10,7 @@ from core.text import normalize_text
 from core.types import Candidate, Context
 from ranker.annotator_base import Annotator, register, tokens
 from ranker.bm25 import bm25_many, overlap
+from ranker.features.pool import pool_gap
 
 
 @register
@@ -20,6 +21,7 @@ class LexicalAnnotator(Annotator):
     version = "2"
     # bm25_context_gap: the distance to the pool's best overlap, which trees cannot work out from one row.
     feature_names = ("bm25_last", "bm25_context", "context_word_repeat", "echo", "bm25_context_gap")
+    pool_relative = (("bm25_context_gap", "bm25_context", "gap"),)
 
     def annotate_pool(self, context: Context, candidates: Sequence[Candidate]) -> np.ndarray:
         idf = self.resources.idf
@@ -35,5 +37,5 @@ class LexicalAnnotator(Annotator):
             out[i, 2] = overlap(whole, words)
             out[i, 3] = float(normalize_text(cand.text).lower() in seen)
         if idf is not None and len(candidates):
-            out[:, 4] = out[:, 1] - np.max(out[:, 1])
+            out[:, 4] = pool_gap(out[:, 1])
         return out

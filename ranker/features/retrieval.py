@@ -15,16 +15,7 @@ import numpy as np
 
 from core.types import Candidate, Context
 from ranker.annotator_base import Annotator, register
-
-
-def pool_ranks(cosines: np.ndarray) -> np.ndarray:
-    """1 for the best cosine in the pool, ties sharing the better rank; NaN stays NaN."""
-    cosines = np.asarray(cosines, dtype=np.float64)
-    known = ~np.isnan(cosines)
-    ranks = np.full(len(cosines), np.nan)
-    values = cosines[known]
-    ranks[known] = 1.0 + np.sum(values[None, :] > values[:, None], axis=1)
-    return ranks
+from ranker.features.pool import pool_gap, pool_ranks, pool_z
 
 
 @register
@@ -32,6 +23,9 @@ class RetrievalAnnotator(Annotator):
     name = "retrieval"
     version = "2"
     feature_names = ("retrieval_cosine", "retrieval_rank", "retrieval_cosine_gap", "retrieval_cosine_z")
+    pool_relative = (("retrieval_rank", "retrieval_cosine", "rank"),
+                     ("retrieval_cosine_gap", "retrieval_cosine", "gap"),
+                     ("retrieval_cosine_z", "retrieval_cosine", "z"))
 
     def annotate_pool(self, context: Context, candidates: Sequence[Candidate]) -> np.ndarray:
         out = self.empty(len(candidates))
@@ -40,8 +34,6 @@ class RetrievalAnnotator(Annotator):
             return out
         out[:, 0] = cosines
         out[:, 1] = pool_ranks(cosines)
-        out[:, 2] = cosines - np.nanmax(cosines)
-        spread = np.nanstd(cosines)
-        if spread > 0:
-            out[:, 3] = (cosines - np.nanmean(cosines)) / spread
+        out[:, 2] = pool_gap(cosines)
+        out[:, 3] = pool_z(cosines)
         return out

@@ -15,6 +15,7 @@ import numpy as np
 
 from core.types import Candidate, Context
 from ranker.annotator_base import Annotator, register
+from ranker.features.pool import pool_gap
 
 
 @register
@@ -23,6 +24,8 @@ class TurnAnnotator(Annotator):
     version = "2"
     feature_names = ("last_turn_cosine", "last_turn_cosine_gap", "last_two_cosine", "last_two_cosine_gap")
     windows = (1, 2)
+    pool_relative = (("last_turn_cosine_gap", "last_turn_cosine", "gap"),
+                     ("last_two_cosine_gap", "last_two_cosine", "gap"))
 
     def annotate(self, contexts: Sequence[Context], candidates: Sequence[Sequence[Candidate]]) -> list[np.ndarray]:
         """Batched over pools and windows: one query call and one passage call for the whole batch."""
@@ -42,7 +45,7 @@ class TurnAnnotator(Annotator):
                 if len(pool):
                     cosines = passages[start:start + len(pool)] @ queries[i]
                     block[:, 2 * v] = cosines
-                    block[:, 2 * v + 1] = cosines - np.max(cosines)
+                    block[:, 2 * v + 1] = pool_gap(cosines)
             start += len(pool)
             out.append(block)
         return out

@@ -8,7 +8,7 @@ import pytest
 
 from core.corpora import Dialogue, DialogueTurn, context_response_pairs, split_of
 from core.types import SOURCE_BANK, SOURCE_GENERATED, Candidate, Context
-from ranker.annotators import build_annotators
+from ranker.annotators import AnnotatorResources, annotate_all, build_annotators
 from ranker.dataset import (
     BuilderConfig,
     DatasetError,
@@ -17,7 +17,9 @@ from ranker.dataset import (
     encoder_similarity,
     load_human_labels,
     missingness_gaps,
+    restrict_origins,
 )
+from ranker.idf import IdfTable
 
 WORDS = ["sun", "rain", "cat", "dog", "tea", "book", "film", "song",
          "city", "road", "sea", "hill", "bread", "milk", "game", "star"]
@@ -195,3 +197,37 @@ def test_encoder_similarity_matches_query_passage_cosine() -> None:
     query = contexts[1].as_query_text(2)
     expected = encoder.encode_passages(["sun talk", "zzz"]) @ encoder.encode_queries([query])[0]
     assert np.allclose(sims[1], expected) and sims[1][0] > sims[1][1]
+
+
+def test_restricting_origins_equals_annotating_the_smaller_pools() -> None:
+    """One rich build answers "which negatives?": dropping origins recomputes ranks, gaps and z-scores
+    exactly as the annotators would on the smaller pools themselves."""
+    pairs = list(context_response_pairs(_dialogues(40)))
+    idf = IdfTable.build([t for p in pairs for t in (p.response, p.context.last_text)])
+    annotators = build_annotators(AnnotatorResources(idf=idf), names=["retrieval", "lexical", "surface"])
+
+    def retrieve(contexts: list[Context], language: str, k: int) -> list[list[Candidate]]:
+        return [[Candidate(f"retrieved {WORDS[i]} {j}", SOURCE_BANK, language, 900 + i,
+                           stage_scores={"retrieval": 0.95 - 0.01 * i - 0.001 * j}) for i in range(k)]
+                for j, _ in enumerate(contexts)]
+
+    def similarity(contexts: list[Context], texts: list[list[str]]) -> list[np.ndarray]:
+        return [np.array([(sum(map(ord, t)) % 97) / 100 for t in group]) for group in texts]
+
+    rich = build_ranking_dataset(pairs, annotators, _bank(), retrieve=retrieve, similarity=similarity,
+                                 config=BuilderConfig(k_retrieved=3, k_random=3, k_corpus=2))
+    small = restrict_origins(rich, {"gold", "random"}, annotators)
+    assert set(small.origins) == {"gold", "random"} and len(small.group_sizes) == len(rich.group_sizes)
+    contexts = {p.context_id: p.context for p in pairs}
+    cosine = small.feature_names.index("retrieval_cosine")
+    changed = 0
+    for g, (start, end) in enumerate(zip(small.offsets[:-1], small.offsets[1:], strict=True)):
+        pool = [Candidate(small.texts[r], SOURCE_BANK, "en", stage_scores={"retrieval": float(small.X[r, cosine])})
+                for r in range(start, end)]
+        expected = annotate_all(annotators, [contexts[small.context_ids[g]]], [pool])[0]
+        np.testing.assert_allclose(small.X[start:end], expected, rtol=1e-5, atol=1e-5)
+        before = [i for i in range(rich.offsets[g], rich.offsets[g + 1]) if rich.origins[i] in {"gold", "random"}]
+        changed += int(not np.allclose(small.X[start:end], rich.X[before], equal_nan=True))
+    assert changed > 0  # the derived columns really were recomputed, not copied
+    with pytest.raises(DatasetError, match="annotators differ"):
+        restrict_origins(rich, {"gold"}, build_annotators(names=["retrieval"]))
