@@ -51,9 +51,9 @@ def _turn_timings(encoder_name: str, bank: list[Candidate], pairs: list, pool_si
     the index), against the baseline of encoding the retrieval query once, on the same contexts."""
     from core.config import default_models_dir
     from core.models.registry import resolve
-    from ranker.blender_scorer import CachingEncoder
     from ranker.features.turn import TurnAnnotator
     from retriever.encoder import Encoder
+    from retriever.encoder_cache import CachingEncoder
 
     encoder = Encoder(resolve(encoder_name, default_models_dir()))
     pools = [[bank[i] for i in rng.choice(len(bank), pool_size, replace=False)] for _ in pairs]

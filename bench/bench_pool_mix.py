@@ -24,14 +24,15 @@ import numpy as np
 
 from bench.report import markdown_table, write_results
 from core.config import load_settings
-from dialog.ranker_setup import annotator_resources, load_blender
 from ranker.annotators import build_annotators
-from ranker.blender_scorer import BlenderScorer, CachingEncoder
+from ranker.blender_scorer import BlenderScorer
 from ranker.dataset import RankingDataset, restrict_origins
 from ranker.evaluation import BiEncoderScorer, evaluate_ranking, russian_dataset, topicalchat_dataset
 from ranker.idf import IdfTable
 from ranker.train import BlenderTrainConfig, train_blender
 from retriever.encoder import Encoder
+from retriever.encoder_cache import CachingEncoder
+from rl.blender_setup import annotator_resources, load_blender
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 KEEP = {

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING
 from core.config import default_models_dir
 
 if TYPE_CHECKING:
-    from ranker.blender_scorer import BlenderScorer, CachingEncoder
+    from ranker.blender_scorer import BlenderScorer
+    from retriever.encoder_cache import CachingEncoder
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -80,10 +81,11 @@ def blender_scorer(directory: Path, models_dir: Path, encoders: dict[str, Cachin
     from dataclasses import replace
 
     from core.config import Settings
-    from dialog.eval_ranking import settings_for_blender
-    from dialog.ranker_setup import load_blender
-    from ranker.blender_scorer import BlenderScorer, CachingEncoder
+    from dialog.jobs.eval_ranking import settings_for_blender
+    from ranker.blender_scorer import BlenderScorer
     from retriever.encoder import Encoder
+    from retriever.encoder_cache import CachingEncoder
+    from rl.blender_setup import load_blender
 
     settings = settings_for_blender(replace(Settings(), models_dir=models_dir), directory)
     name = settings.encoder.name
@@ -95,8 +97,7 @@ def blender_scorer(directory: Path, models_dir: Path, encoders: dict[str, Cachin
 
 
 def evaluate(args: argparse.Namespace) -> None:
-    from dialog.eval_ranking import write_blender_importance
-    from ranker.blender_scorer import CachingEncoder
+    from dialog.jobs.eval_ranking import write_blender_importance
     from ranker.evaluation import (
         BiEncoderScorer,
         BM25Scorer,
@@ -107,6 +108,7 @@ def evaluate(args: argparse.Namespace) -> None:
         write_report,
     )
     from retriever.encoder import Encoder
+    from retriever.encoder_cache import CachingEncoder
 
     options = {"n_contexts": args.n, "bank_size": args.bank_size or None, "seed": args.seed}
     datasets = [russian_dataset(args.russian, **options), topicalchat_dataset(args.topicalchat, **options)]

@@ -58,7 +58,7 @@ def synthetic_bank(base: np.ndarray, size: int, seed: int = 0) -> tuple[np.ndarr
 
 def run_load(port: int, texts: list[str], concurrency: int, n_requests: int) -> dict[str, float]:
     """Runs in a child process: ``concurrency`` threads send ``n_requests`` Respond calls in total."""
-    from dialog.client import ChatClient
+    from dialog.serving.client import ChatClient
 
     client = ChatClient("127.0.0.1", port, timeout_s=30)
     for text in texts[:5]:
@@ -106,8 +106,8 @@ class _FixedBank:
 
 def bench_encoder(name: str, replies: list[str], queries: list[str], bank_size: int, n_requests: int,
                   pool: ProcessPoolExecutor) -> dict:
-    from dialog.pipeline import Pipeline
-    from dialog.server import start_server
+    from dialog.serving.pipeline import Pipeline
+    from dialog.serving.server import start_server
     from retriever.bank_index import BankIndex, IndexManifest, PhraseInfo
     from retriever.bank_retriever import BankRetriever
     from retriever.encoder import Encoder

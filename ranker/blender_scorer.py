@@ -10,61 +10,13 @@ serving; nothing here computes a feature.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Sequence
-from itertools import islice
+from collections.abc import Sequence
 
 import numpy as np
 
 from core.text import detect_language
 from core.types import SOURCE_BANK, Candidate, Context, QueryPassageEncoder
 from ranker.blender import RETRAIN_HINT, Blender, BlenderMismatchError
-
-
-class CachingEncoder:
-    """Query and passage vectors remembered by text.
-
-    Handing one instance to the blender scorer and to the bi-encoder scorer of the same model means an
-    evaluation encodes each context and each text once, however many scorers read it. ``seed_passages``
-    adds vectors that are never evicted (a bank's, from its index); ``max_cached`` bounds the rest, so a
-    long-running server that sees new contexts forever does not grow without end.
-    """
-
-    def __init__(self, encoder: QueryPassageEncoder, max_cached: int | None = None) -> None:
-        if max_cached is not None and max_cached < 1:
-            raise ValueError(f"max_cached must be at least 1 (or None for no bound), got {max_cached}")
-        self.encoder = encoder
-        self.identity: str | None = getattr(encoder, "identity", None)
-        self.manifest = getattr(encoder, "manifest", None)
-        self.dim: int = int(getattr(encoder, "dim", 1))
-        self.max_cached = max_cached
-        self._seeded: dict[str, np.ndarray] = {}
-        self._lock = threading.Lock()
-        self._queries: dict[str, np.ndarray] = {}
-        self._passages: dict[str, np.ndarray] = {}
-
-    def seed_passages(self, texts: Sequence[str], vectors: np.ndarray) -> None:
-        self._seeded.update(zip(texts, vectors, strict=True))
-
-    def _lookup(self, cache: dict[str, np.ndarray], texts: Sequence[str],
-                encode: Callable[[list[str]], np.ndarray], fixed: dict[str, np.ndarray]) -> np.ndarray:
-        with self._lock:  # a server calls from many threads; encoding itself runs unlocked
-            known = {t: cache[t] for t in texts if t in cache}
-        missing = [t for t in dict.fromkeys(texts) if t not in fixed and t not in known]
-        fresh = dict(zip(missing, encode(missing), strict=True)) if missing else {}
-        vectors = [fixed[t] if t in fixed else fresh.get(t, known.get(t)) for t in texts]
-        with self._lock:
-            cache.update(fresh)
-            if self.max_cached is not None:
-                for old in list(islice(cache, max(len(cache) - self.max_cached, 0))):
-                    del cache[old]  # dicts keep insertion order: the oldest go first
-        return np.stack(vectors) if len(texts) else np.zeros((0, self.dim), dtype=np.float32)
-
-    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
-        return self._lookup(self._queries, texts, self.encoder.encode_queries, {})
-
-    def encode_passages(self, texts: Sequence[str]) -> np.ndarray:
-        return self._lookup(self._passages, texts, self.encoder.encode_passages, self._seeded)
 
 
 def best_first(scores: np.ndarray, k: int) -> list[int]:
@@ -86,7 +38,7 @@ class BlenderScorer:
     def __init__(self, blender: Blender, encoder: QueryPassageEncoder, *, context_turns: int = 3,
                  rerank_depth: int = 50, name: str = "blender") -> None:
         if not blender.annotators:
-            raise ValueError("the blender has no annotators; load it with Blender.load or dialog.ranker_setup")
+            raise ValueError("the blender has no annotators; load it with rl.blender_setup.load_blender")
         if rerank_depth < 1:
             raise ValueError(f"need rerank_depth >= 1, got {rerank_depth}")
         trained, live = blender.manifest.resources.get("encoder"), getattr(encoder, "identity", None)
@@ -95,7 +47,9 @@ class BlenderScorer:
                                        f"{trained}, but this evaluation encodes with {live}; evaluate with "
                                        f"{trained} or {RETRAIN_HINT}")
         self.blender, self.name = blender, name
-        self.encoder = encoder if isinstance(encoder, CachingEncoder) else CachingEncoder(encoder)
+        # Pass a caching encoder (retriever.encoder_cache) shared with the other scorers: each text is then
+        # encoded once per evaluation, however many scorers read it.
+        self.encoder = encoder
         self.context_turns, self.rerank_depth = context_turns, rerank_depth
 
     def _queries(self, contexts: Sequence[Context]) -> np.ndarray:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 import time
 import zlib
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from scipy.stats import spearmanr
 
 from core.text import word_tokens
 from core.types import Context
+from retriever.encoder_cache import cached
 from rl.artifacts import (
     HEADS,
     Head,
@@ -132,9 +132,8 @@ class ProxyEnsemble:
                  manifest: dict[str, Any] | None = None, cache_size: int = 20_000) -> None:
         if not heads:
             raise ValueError("a proxy needs at least one head")
-        self.heads, self.config, self.encoder, self.manifest = heads, config, encoder, manifest or {}
-        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._cache_size = cache_size
+        self.heads, self.config, self.manifest = heads, config, manifest or {}
+        self.encoder = cached(encoder, max_cached=cache_size) if encoder is not None else None
 
     @property
     def identity(self) -> str:
@@ -152,18 +151,8 @@ class ProxyEnsemble:
         return self.encoder
 
     def _passages(self, texts: Sequence[str]) -> np.ndarray:
-        """Passage embeddings, remembered per text: bank phrases recur on every request."""
-        missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
-        if missing:
-            for text, row in zip(missing, self._encoder().encode_passages(missing), strict=True):
-                self._cache[text] = row
-        rows = []
-        for text in texts:
-            self._cache.move_to_end(text)
-            rows.append(self._cache[text])
-        while len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
-        return np.stack(rows) if rows else np.zeros((0, 0), np.float32)
+        """Passage embeddings through the encoder cache: bank phrases recur on every request."""
+        return self._encoder().encode_passages(list(texts))
 
     def features(self, texts: Sequence[str], contexts: Sequence[Context] | None = None,
                  passages: np.ndarray | None = None, queries: np.ndarray | None = None) -> np.ndarray:

@@ -37,8 +37,8 @@ def real_home(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 @pytest.fixture(scope="session")
 def real_server(real_home: Path, models_dir: Path) -> Iterator[tuple[Settings, int]]:
-    from dialog.assembly import build_pipeline
-    from dialog.server import start_server
+    from dialog.serving.assembly import build_pipeline
+    from dialog.serving.server import start_server
 
     settings = make_settings(real_home, models_dir, generation="on-request")
     # A generous generation budget: CI machines are slow and shared; the deadline logic is what is tested.

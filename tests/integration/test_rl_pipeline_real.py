@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 
 from core.config import Settings
-from dialog.cli import main
-from dialog.ranker_setup import SPECIFICITY_DIR, load_blender
-from dialog.rl_tuning import RELEVANCE_DIR, TUNED_DIR, RLRunConfig, run_rl_tune
+from dialog.cli.main import main
+from dialog.jobs.rl_tune import RELEVANCE_DIR, TUNED_DIR, RLRunConfig, run_rl_tune
 from ranker.blender import BlenderMismatchError
+from rl.blender_setup import SPECIFICITY_DIR, load_blender
 
 from workspace import make_settings
 
@@ -38,7 +38,7 @@ def copy_workspace(source: Path, target: Path) -> None:
 @pytest.fixture(scope="module")
 def rl_settings(real_home: Path, models_dir: Path, shared_data: Path,
                 tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    from dialog.blender_training import BlenderCorpora, read_corpora, sample_pairs, train_workspace_blender
+    from dialog.jobs.train_blender import BlenderCorpora, read_corpora, sample_pairs, train_workspace_blender
     from ranker.train import BlenderTrainConfig
     from rl.relevance import train_relevance_model
 
@@ -69,9 +69,9 @@ def rl_report(rl_settings: Settings) -> dict:
 
 
 def test_blender_uses_the_proxy_feature_and_explains_served_answers(rl_settings: Settings) -> None:
-    from dialog.assembly import build_pipeline
-    from dialog.client import ChatClient
-    from dialog.server import start_server
+    from dialog.serving.assembly import build_pipeline
+    from dialog.serving.client import ChatClient
+    from dialog.serving.server import start_server
 
     assembled = build_pipeline(rl_settings)
     running = start_server(assembled.pipeline, rl_settings.server, rl_settings.retrieval.top_k)
@@ -117,7 +117,7 @@ def test_rl_tune_writes_report_plots_and_a_servable_tuned_blender(rl_settings: S
 
 
 def test_tuned_blender_with_other_inputs_is_refused(rl_settings: Settings, rl_report: dict) -> None:
-    from dialog.assembly import build_pipeline
+    from dialog.serving.assembly import build_pipeline
 
     without_proxy = replace(rl_settings, ranker=replace(rl_settings.ranker, specificity="none",
                                                         blender=str(rl_settings.artifacts_dir / TUNED_DIR)))
@@ -129,11 +129,12 @@ def test_reuse_data_refits_the_same_blender_and_refuses_changed_annotators(rl_se
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """`repliq train blender --reuse-data`: the saved ranking data gives back the very same booster, and is
     refused once an annotator would compute its columns differently."""
-    from dialog.blender_training import DATA_SUFFIX, retrain_from_saved_data
+    from dialog.jobs.train_blender import retrain_from_saved_data
     from ranker.blender import MANIFEST_NAME
     from ranker.dataset import DatasetError
     from ranker.features.turn import TurnAnnotator
     from ranker.train import BlenderTrainConfig
+    from ranker.training_data import DATA_SUFFIX
 
     artifacts = rl_settings.artifacts_dir
     shutil.copytree(artifacts / ("blender" + DATA_SUFFIX), artifacts / ("refit" + DATA_SUFFIX))

@@ -17,7 +17,7 @@ import pytest
 
 from core.bank.store import PhraseBank
 from core.config import Settings
-from dialog.client import ChatClient
+from dialog.serving.client import ChatClient
 
 from workspace import make_settings
 
@@ -100,8 +100,8 @@ def test_bad_input_is_invalid_argument(client: ChatClient) -> None:
 def test_draft_and_retired_phrases_are_never_served(real_home: Path, models_dir: Path,
                                                     tmp_path: Path) -> None:
     """An edited bank is refused until the index catches up; after that, drafts and retired phrases stay out."""
-    from dialog.assembly import build_pipeline
-    from dialog.pipeline import PipelineRequest
+    from dialog.serving.assembly import build_pipeline
+    from dialog.serving.pipeline import PipelineRequest
     from retriever.bank_index import StaleIndexError, update_index
     from retriever.encoder import Encoder
 
@@ -134,7 +134,7 @@ def test_draft_and_retired_phrases_are_never_served(real_home: Path, models_dir:
 
 
 def test_index_for_another_encoder_is_refused(real_home: Path, models_dir: Path, tmp_path: Path) -> None:
-    from dialog.assembly import build_pipeline
+    from dialog.serving.assembly import build_pipeline
     from retriever.bank_index import BankIndexError
 
     home = tmp_path / "home"
@@ -164,7 +164,7 @@ def test_cli_serve_ask_and_sigterm_drain(real_home: Path, models_dir: Path, tmp_
            # The drain itself is under test, not the machine's speed: on a loaded 2-core box 47 queued
            # calls once took longer than the default 30 s grace and the last was cancelled.
            "REPLIQ_SERVER_DRAIN_GRACE_S": "180"}
-    repliq = [sys.executable, "-m", "dialog.cli"]
+    repliq = [sys.executable, "-m", "dialog.cli.main"]
     # The log goes to a file: an unread pipe fills up and blocks the server's logging mid-drain.
     log_path = tmp_path / "server.log"
     log_file = open(log_path, "w")  # noqa: SIM115 - closed in finally

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dialog.cli import main
+from dialog.cli.main import main
 
 pytestmark = pytest.mark.real
 

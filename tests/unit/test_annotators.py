@@ -8,12 +8,12 @@ import pytest
 
 from core.types import SOURCE_BANK, SOURCE_GENERATED, Candidate, Context, Turn
 from ranker.annotators import AnnotatorResources, annotate_all, build_annotators, feature_names
-from ranker.blender_scorer import CachingEncoder
 from ranker.bm25 import bm25, overlap
 from ranker.features.blocklist import Blocklist
 from ranker.features.generic import is_generic
 from ranker.features.surface import is_question
 from ranker.idf import IdfTable, IdfTableError
+from retriever.encoder_cache import CachingEncoder
 
 DOCS = [
     "i like to go hiking in the mountains",

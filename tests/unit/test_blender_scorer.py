@@ -1,7 +1,7 @@
 """The blender as an evaluation scorer: fed like training and serving, searching like a deployment, in the CLI.
 
 One tiny blender is trained for the module the way `repliq train blender` trains one (annotator
-resources from ``dialog.ranker_setup``, retrieval scores from a tiny random encoder, non-retrieved
+resources from ``rl.blender_setup``, retrieval scores from a tiny random encoder, non-retrieved
 phrases scored by ``encoder_similarity``), on real chitchat contexts.
 """
 
@@ -20,10 +20,9 @@ import pytest
 from core.config import Settings
 from core.corpora import ContextPair, Dialogue, context_response_pairs, read_chitchat, write_jsonl_dialogues
 from core.types import SOURCE_BANK, Candidate, Context, Turn
-from dialog.cli import main
-from dialog.eval_ranking import settings_for_blender
-from dialog.pipeline import reply_language
-from dialog.ranker_setup import BLENDER_DIR, annotator_resources, load_blender
+from dialog.cli.main import main
+from dialog.jobs.eval_ranking import settings_for_blender
+from dialog.serving.pipeline import reply_language
 from ranker.annotators import build_annotators
 from ranker.blender import Blender
 from ranker.blender_scorer import BlenderScorer
@@ -32,6 +31,7 @@ from ranker.evaluation import BiEncoderScorer
 from ranker.idf import IdfTable
 from ranker.train import BlenderTrainConfig, train_blender
 from retriever.encoder import Encoder
+from rl.blender_setup import BLENDER_DIR, annotator_resources, load_blender
 
 from tiny_models import build_tiny_encoder
 from workspace import make_settings

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from core.config import ConfigError, load_settings
-from dialog.cli import build_parser, main
+from dialog.cli.main import build_parser, main
 
 
 def all_command_paths(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:

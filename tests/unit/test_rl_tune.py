@@ -165,7 +165,7 @@ def _report(runs: dict[str, tuple[float, float, float]]) -> dict:
 
 
 def test_saved_beta_is_the_most_specific_within_the_relevance_guard() -> None:
-    from dialog.rl_tuning import RLRunConfig, choose_beta
+    from dialog.jobs.rl_tune import RLRunConfig, choose_beta
 
     report = _report({"0.05": (0.40, 0.50, 0.9), "0.2": (0.69, 0.79, 0.4), "1": (0.70, 0.80, 0.1),
                       "0.5": (0.69, 0.75, 0.6)})  # 0.5 loses 5 points in Russian: refused
@@ -178,7 +178,7 @@ def test_saved_beta_is_the_most_specific_within_the_relevance_guard() -> None:
 
 
 def test_paired_drop_interval_covers_the_drop_and_narrows_with_pairing() -> None:
-    from dialog.rl_tuning import paired_drop_interval
+    from dialog.jobs.rl_tune import paired_drop_interval
 
     rng = np.random.default_rng(1)
     ref = (rng.random(400) < 0.5).astype(float)

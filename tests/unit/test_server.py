@@ -14,9 +14,9 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from core.config import ServerConfig
 from core.types import Candidate, Context
-from dialog.client import ChatClient
-from dialog.pipeline import Pipeline
-from dialog.server import RunningServer, start_server
+from dialog.serving.client import ChatClient
+from dialog.serving.pipeline import Pipeline
+from dialog.serving.server import RunningServer, start_server
 
 
 class ScriptedSource:

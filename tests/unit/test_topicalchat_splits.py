@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from core.corpora import Dialogue, DialogueTurn, split_of, write_jsonl_dialogues
-from dialog.cli import main
+from dialog.cli.main import main
 from ranker.evaluation import topicalchat_dataset
 from retriever.pairs import TrainPair, bilingual_pairs, pairs_hash, topicalchat_source
 
@@ -151,7 +151,7 @@ def test_train_retriever_command_adds_topicalchat_and_corpus_pairs(home: Path, t
 
 def test_blender_training_reads_only_the_train_split(topicalchat: tuple[Path, dict[str, str]]) -> None:
     """`repliq train blender --topicalchat` must not see a conversation `repliq eval ranking` scores."""
-    from dialog.blender_training import read_topicalchat_train
+    from dialog.jobs.train_blender import read_topicalchat_train
 
     folder, _ = topicalchat
     train = read_topicalchat_train(folder)

@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from core.config import ConfigError, Settings, load_settings
-from dialog.commands import bank, index, models, rl, serve, ssa, train
+from dialog.cli import bank, index, models, rl, serve, ssa, train
 
 
 class UserError(Exception):
@@ -62,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()
     args = parser.parse_args(argv)
-    from dialog.logs import setup_logging
+    from dialog.serving.logs import setup_logging
 
     setup_logging(args.log_level)
     try:

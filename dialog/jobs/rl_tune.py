@@ -22,10 +22,11 @@ from core.bank.store import PhraseBank
 from core.config import Settings
 from core.lm.wrapper import DecoderLM, LMOptions
 from core.types import Context
-from dialog.blender_training import DATA_SUFFIX, load_training_data
-from dialog.ranker_setup import BLENDER_DIR, SPECIFICITY_DIR, annotator_resources, index_backed_encoder
 from ranker.blender import Blender
+from ranker.training_data import data_dir_of, load_training_data
 from retriever.encoder import Encoder
+from retriever.encoder_cache import index_backed_encoder
+from rl.blender_setup import BLENDER_DIR, SPECIFICITY_DIR, annotator_resources
 from rl.plots import plot_history, plot_pareto
 from rl.policy import Groups, group_argmax
 from rl.proxy import load_specificity_proxy
@@ -118,7 +119,7 @@ def run_rl_tune(settings: Settings, config: RLRunConfig, out_dir: Path | None = 
     resources, _ = annotator_resources(settings, encoder)
     blender_dir = settings.artifact_path(settings.ranker.blender, BLENDER_DIR) or settings.artifacts_dir / BLENDER_DIR
     reference = Blender.load(blender_dir, resources)
-    dataset, contexts_by_id, languages_by_id = load_training_data(blender_dir.with_name(BLENDER_DIR + DATA_SUFFIX))
+    dataset, contexts_by_id, languages_by_id = load_training_data(data_dir_of(blender_dir.with_name(BLENDER_DIR)))
     train, dev = dataset.subset("train"), dataset.subset("dev")
 
     with PhraseBank(settings.bank_path) as bank:

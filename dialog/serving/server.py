@@ -20,9 +20,9 @@ from grpc_reflection.v1alpha import reflection
 
 from core import __version__
 from core.config import ServerConfig
-from dialog.logs import log_event
-from dialog.pipeline import Pipeline, PipelineRequest
-from dialog.validation import InvalidRequest, validate_request
+from dialog.serving.logs import log_event
+from dialog.serving.pipeline import Pipeline, PipelineRequest
+from dialog.serving.validation import InvalidRequest, validate_request
 from repliq.v1 import chat_pb2, chat_pb2_grpc
 
 CHAT_SERVICE = chat_pb2.DESCRIPTOR.services_by_name["Chat"].full_name

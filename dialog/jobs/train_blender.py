@@ -7,7 +7,6 @@ only decisions made here are which corpora to read and which resources the featu
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import random
 from collections.abc import Iterable, Sequence
@@ -16,7 +15,6 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from core.atomic import atomic_directory, atomic_write_text
 from core.bank.store import PhraseBank
 from core.config import Settings
 from core.corpora import (
@@ -29,8 +27,7 @@ from core.corpora import (
     read_topicalchat_folder,
     split_of,
 )
-from core.types import SOURCE_BANK, Candidate, Context, Turn
-from dialog.ranker_setup import BLENDER_DIR, ReusingEncoder, annotator_resources, index_backed_encoder
+from core.types import SOURCE_BANK, Candidate
 from ranker.annotators import build_annotators, describe
 from ranker.blender import IDF_NAME
 from ranker.dataset import (
@@ -43,12 +40,14 @@ from ranker.dataset import (
 )
 from ranker.idf import IdfTable
 from ranker.train import BlenderTrainConfig, train_blender
+from ranker.training_data import data_dir_of, save_training_data
 from retriever.bank_index import load_index
 from retriever.bank_retriever import BankRetriever
 from retriever.encoder import Encoder
+from retriever.encoder_cache import CachingEncoder, index_backed_encoder
+from rl.blender_setup import BLENDER_DIR, annotator_resources
 
 log = logging.getLogger("repliq.train")
-DATA_SUFFIX = "-data"
 
 
 @dataclass
@@ -108,7 +107,7 @@ def retrain_from_saved_data(settings: Settings, config: BlenderTrainConfig, out_
     Refused unless the saved features are exactly what the current annotators and resources would compute
     (annotator versions, encoder, proxy, IDF table), so a reused dataset can never smuggle stale columns in.
     """
-    data_dir = out_dir.with_name(out_dir.name + DATA_SUFFIX)
+    data_dir = data_dir_of(out_dir)
     rebuild = f"run `repliq train blender` without --reuse-data to rebuild {data_dir}"
     if not (data_dir / "dataset.npz").is_file():
         raise FileNotFoundError(f"no saved ranking data in {data_dir}; {rebuild}")
@@ -135,7 +134,7 @@ def train_workspace_blender(settings: Settings, corpora: BlenderCorpora, config:
     with PhraseBank(settings.bank_path) as bank:
         encoder = Encoder.from_config(settings)
         bank_index = load_index(settings, encoder, bank)
-        reusing = ReusingEncoder(encoder, bank_index)
+        reusing = CachingEncoder.seeded_from_index(encoder, bank_index)
         retriever = BankRetriever(reusing, bank_index, bank, context_turns=settings.retrieval.context_turns)
         approved = bank.phrases(status="approved")
         bank_candidates = [Candidate(text=p.text, source=SOURCE_BANK, language=p.language, phrase_id=p.id)
@@ -162,33 +161,5 @@ def train_workspace_blender(settings: Settings, corpora: BlenderCorpora, config:
             )
         log.info("ranking dataset: %d groups, %d rows, %d features", len(dataset.group_sizes), len(dataset.y),
                  len(dataset.feature_names))
-        save_training_data(out_dir.with_name(out_dir.name + DATA_SUFFIX), dataset, pairs, idf)
+        save_training_data(data_dir_of(out_dir), dataset, pairs, idf)
         return train_blender(dataset, config, out_dir, idf=idf, annotators=annotators)
-
-
-def save_training_data(directory: Path, dataset: RankingDataset, pairs: Sequence[ContextPair],
-                       idf: IdfTable | None = None) -> None:
-    """The ranking data, its contexts and IDF table, kept beside the blender: RL tuning, evaluation and
-    `train blender --reuse-data` read them."""
-    wanted = set(dataset.context_ids)
-    rows = [{"context_id": p.context_id, "language": p.language, "response": p.response,
-             "turns": [{"speaker": t.speaker, "text": t.text} for t in p.context.turns]}
-            for p in pairs if p.context_id in wanted]
-    with atomic_directory(directory) as scratch:
-        dataset.save(scratch / "dataset.npz")
-        if idf is not None:
-            idf.save(scratch / IDF_NAME)
-        atomic_write_text(scratch / "contexts.jsonl",
-                          "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
-
-
-def load_training_data(directory: Path) -> tuple[RankingDataset, dict[str, Context], dict[str, str]]:
-    """The saved ranking data, contexts by id and each context's language."""
-    dataset = RankingDataset.load(directory / "dataset.npz")
-    contexts: dict[str, Context] = {}
-    languages: dict[str, str] = {}
-    for line in (directory / "contexts.jsonl").read_text(encoding="utf-8").splitlines():
-        row = json.loads(line)
-        contexts[row["context_id"]] = Context(tuple(Turn(t["speaker"], t["text"]) for t in row["turns"]))
-        languages[row["context_id"]] = row["language"]
-    return dataset, contexts, languages

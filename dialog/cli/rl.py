@@ -43,7 +43,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run_tune(args: argparse.Namespace, settings: Settings) -> int:
-    from dialog.rl_tuning import RLRunConfig, run_rl_tune
+    from dialog.jobs.rl_tune import RLRunConfig, run_rl_tune
     from rl.rewards import RewardConfig
 
     config = RLRunConfig(betas=tuple(args.betas), main_beta=args.beta, alpha=args.alpha, iterations=args.iterations,
@@ -55,7 +55,7 @@ def run_tune(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_eval(args: argparse.Namespace, settings: Settings) -> int:
-    from dialog.eval_ranking import ranking_scorers, write_blender_importance
+    from dialog.jobs.eval_ranking import ranking_scorers, write_blender_importance
     from ranker.evaluation import (
         evaluate_ranking,
         jsonl_datasets,

@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from core.bank.store import PhraseBank
 from core.config import Settings
 from dialog.generation.source import build_generator
-from dialog.pipeline import Pipeline
-from dialog.ranker_setup import load_blender
+from dialog.serving.pipeline import Pipeline
 from retriever.bank_index import load_index
 from retriever.bank_retriever import BankRetriever
 from retriever.encoder import Encoder
 from retriever.microbatch import MicroBatcher
+from rl.blender_setup import load_blender
 
 
 @dataclass

@@ -75,8 +75,8 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def _responder(spec: str, settings: Settings) -> tuple[str, Callable[[Context], str]]:
-    from dialog.assembly import build_pipeline
-    from dialog.pipeline import PipelineRequest
+    from dialog.serving.assembly import build_pipeline
+    from dialog.serving.pipeline import PipelineRequest
 
     name, _, config = spec.partition("=")
     if not name or not config:

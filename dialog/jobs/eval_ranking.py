@@ -1,8 +1,8 @@
 """Which scorers `repliq eval ranking` runs: BM25, each bi-encoder, and the trained blender when there is one.
 
-The blender is loaded through :func:`dialog.ranker_setup.load_blender`, the serving path, so an
+The blender is loaded through :func:`rl.blender_setup.load_blender`, the serving path, so an
 evaluation refuses exactly the blenders serving would refuse, with the same message. Encoders are
-wrapped in one :class:`ranker.blender_scorer.CachingEncoder` per model, so the blender and the
+wrapped in one :class:`retriever.encoder_cache.CachingEncoder` per model, so the blender and the
 bi-encoder row of its own encoder encode each text once.
 """
 
@@ -16,12 +16,13 @@ from pathlib import Path
 from core.atomic import atomic_write_bytes
 from core.config import Settings
 from core.models.registry import resolve
-from dialog.ranker_setup import SPECIFICITY_DIR, load_blender
 from ranker.blender import MANIFEST_NAME, Blender, BlenderMismatchError
-from ranker.blender_scorer import BlenderScorer, CachingEncoder
+from ranker.blender_scorer import BlenderScorer
 from ranker.eval_plots import feature_importance_png
 from ranker.evaluation import BiEncoderScorer, BM25Scorer, Scorer
 from retriever.encoder import Encoder
+from retriever.encoder_cache import CachingEncoder
+from rl.blender_setup import SPECIFICITY_DIR, load_blender
 
 
 def ranking_scorers(settings: Settings, encoder_names: Sequence[str], blender_dir: Path | None = None,

@@ -47,9 +47,9 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run_blender(args: argparse.Namespace, settings: Settings) -> int:
-    from dialog.blender_training import BlenderCorpora, retrain_from_saved_data, train_workspace_blender
-    from dialog.ranker_setup import BLENDER_DIR
+    from dialog.jobs.train_blender import BlenderCorpora, retrain_from_saved_data, train_workspace_blender
     from ranker.train import BlenderTrainConfig
+    from rl.blender_setup import BLENDER_DIR
 
     for flag in ("corpus_negatives", "retrieved_negatives", "random_negatives", "topicalchat_pairs"):
         if getattr(args, flag) < 0:
@@ -145,7 +145,7 @@ def run_reward(args: argparse.Namespace, settings: Settings) -> int:
             raise ValueError("--kind preference needs --data prefs.jsonl (from `repliq ssa preferences`)")
         _, metrics = train_preference_model(read_preferences(args.data), out_dir=out)
     elif args.kind == "relevance":
-        from dialog.blender_training import BlenderCorpora, read_corpora, sample_pairs
+        from dialog.jobs.train_blender import BlenderCorpora, read_corpora, sample_pairs
         from rl.relevance import train_relevance_model
 
         dialogues = read_corpora(BlenderCorpora(russian_dialogues=args.russian))
@@ -161,9 +161,9 @@ def _train_specificity(args: argparse.Namespace, settings: Settings, out: Path) 
     """Score the bank with the teacher LM (resumable; only new or changed phrases), then distil."""
     from core.lm.bank_scores import score_bank
     from core.lm.wrapper import DecoderLM, LMOptions
-    from dialog.commands.bank import open_bank
-    from dialog.ranker_setup import index_backed_encoder
+    from dialog.cli.bank import open_bank
     from retriever.encoder import Encoder
+    from retriever.encoder_cache import index_backed_encoder
     from rl.proxy import ProxyConfig, train_specificity_proxy
     from rl.teacher import bank_targets
 

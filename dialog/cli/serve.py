@@ -62,8 +62,8 @@ def _server_settings(args: argparse.Namespace, settings: Settings) -> Settings:
 
 
 def run_serve(args: argparse.Namespace, settings: Settings) -> int:
-    from dialog.assembly import build_pipeline
-    from dialog.server import serve_forever, start_server
+    from dialog.serving.assembly import build_pipeline
+    from dialog.serving.server import serve_forever, start_server
 
     settings = _server_settings(args, settings)
     assembled = build_pipeline(settings)
@@ -77,7 +77,7 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _client(args: argparse.Namespace, settings: Settings):
-    from dialog.client import ChatClient
+    from dialog.serving.client import ChatClient
 
     settings = _server_settings(args, settings)
     return ChatClient(settings.server.host, settings.server.port, timeout_s=args.timeout)
