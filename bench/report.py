@@ -44,15 +44,15 @@ def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_results(name: str, record: dict[str, Any], section_markdown: str) -> None:
-    """Save the JSON record and replace this benchmark's section (between markers) in the doc."""
+def write_results(name: str, record: dict[str, Any], section_markdown: str, doc: Path = DOC) -> None:
+    """Save the JSON record and replace this benchmark's section (between markers) in ``doc``."""
     record = {"benchmark": name, "machine": machine(), **record}
     atomic_write_json(RESULTS / f"{name}.json", record)
     begin, end = f"<!-- bench:{name}:begin -->", f"<!-- bench:{name}:end -->"
     block = f"{begin}\n{section_markdown.strip()}\n\n_Raw numbers: `bench/results/{name}.json`; machine: " \
             f"{record['machine']['cpu_count']} cores, load average {record['machine']['load_average'][0]:.1f} " \
             f"at start, {record['machine']['date']}._\n{end}"
-    text = DOC.read_text(encoding="utf-8") if DOC.exists() else HEADER
+    text = doc.read_text(encoding="utf-8") if doc.exists() else HEADER
     pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
     text = pattern.sub(lambda _m: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
-    atomic_write_text(DOC, text)
+    atomic_write_text(doc, text)

@@ -35,8 +35,14 @@ class EncoderConfig:
     batch_size: int = 64
     # "auto" picks cuda when present, else cpu.
     device: str = "auto"
-    # torch intra-op threads for encoding; 0 leaves torch's default.
+    # intra-op threads for encoding (torch or ONNX Runtime); 0 leaves the runtime's default.
     num_threads: int = 0
+    # "auto": ONNX Runtime when `repliq models prepare` left an export that passed its fidelity gate (CPU
+    # only), else torch; "onnx" insists on the export; "torch" always (training and GPU use torch).
+    backend: str = "auto"
+    # Response-tuned query adapter (`repliq train adapter`): "auto" uses the workspace's, else the one
+    # shipped with repliq, when trained on this encoder; "none" serves the plain encoder; or a directory.
+    adapter: str = "auto"
 
 
 @dataclass
@@ -68,6 +74,23 @@ class ServerConfig:
     microbatch: bool = True
     microbatch_max_size: int = 64
     microbatch_wait_ms: float = 2.0
+    # Requests that wait for one of the max_workers slots; when these are full too, a new request gets
+    # RESOURCE_EXHAUSTED at once instead of a growing wait (dialog/serving/admission.py).
+    max_queue: int = 16
+    # Also refused at once: a request whose expected wait for a slot (from the recent service time) is
+    # longer than this; 0 bounds the queue by count only.
+    max_queue_wait_ms: float = 250.0
+    # Intra-op threads of the encoder while serving; 0 derives them from the cores this process may use
+    # (all but one, which the GIL-bound request threads need; at least 1).
+    encoder_threads: int = 0
+    # Prometheus /metrics on this port (0 = off); `repliq serve --metrics-port`.
+    metrics_port: int = 0
+    # TLS (docs/reliability.md): PEM files of the server certificate and its key; with both set the port
+    # speaks TLS only. Relative paths are under the workspace.
+    tls_cert: str = ""
+    tls_key: str = ""
+    # PEM of the CA that signs client certificates; set = mutual TLS: a client without one is refused.
+    tls_client_ca: str = ""
 
 
 @dataclass
@@ -82,17 +105,48 @@ class LMConfig:
     threads: int = 1
 
 
+GENERATION_MODES = ("off", "on-request", "always")
+
+
 @dataclass
-class GenerationSettings:
+class GenerationConfig:
+    """The generator's settings: the ``[generation]`` section as served, and ``LMGenerator``'s own config."""
+
     # "off": never load the LM for serving; "on-request": load it, generate when a request asks;
     # "always": generate for every request unless it says otherwise.
     mode: str = "on-request"
+    # Two sampled replies fit the serving budget on a shared 2-core CPU; more rarely finish in time.
     n_candidates: int = 2
+    # Replies sampled per model call; small batches mean something is ready early.
+    samples_per_call: int = 2
     temperature: float = 0.8
     top_p: float = 0.95
+    top_k: int = 50
     max_new_tokens: int = 32
+    context_turns: int = 3
+    # Prompt budget in tokens (retrieved demonstrations + dialogue), fitted by whole turns.
+    max_context_tokens: int = 384
+    # Replies cut by max_new_tokens (no end of turn) are usually unfinished sentences.
+    keep_truncated: bool = False
+    # K retrieved demonstrations before the dialogue (UPRISE used 3); 0 = zero-shot prompts.
+    demonstrations: int = 3
+    # Prompt retriever (`repliq train prompts`): "auto" = the workspace's when trained, "none", or a directory.
+    prompt_retriever: str = "auto"
     # At most this many seconds of a request's deadline go to generation.
     budget_s: float = 6.0
+
+    def validate(self) -> None:
+        if self.mode not in GENERATION_MODES:
+            raise ValueError(f"[generation] mode {self.mode!r} is not one of {', '.join(GENERATION_MODES)}")
+        for name in ("n_candidates", "samples_per_call", "max_new_tokens", "max_context_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"generation {name} must be at least 1, got {getattr(self, name)}")
+        if self.demonstrations < 0:
+            raise ValueError(f"generation demonstrations must be 0 or more, got {self.demonstrations}")
+        if self.temperature <= 0:
+            raise ValueError(f"generation temperature must be positive, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"generation top_p must be in (0, 1], got {self.top_p}")
 
 
 @dataclass
@@ -102,6 +156,38 @@ class RankerConfig:
     blender: str = "auto"
     # "auto": the workspace specificity proxy (artifacts/reward-specificity) when trained; "none"; or a path.
     specificity: str = "auto"
+    # true: a refused blender (corrupt, mismatched) makes serving fall back to retrieval only, said in the log
+    # and in Versions; false (default): the server refuses to start, with the command that fixes it.
+    fallback: bool = False
+
+
+@dataclass
+class LoggingConfig:
+    # Opt-in decision log (dialog/serving/decision_log.py): one JSON line per Respond, for off-policy evaluation.
+    decisions: bool = False
+    # Directory of the decision files; empty means <home>/decisions.
+    dir: str = ""
+    # Off by default: the context is logged as a hash only. On: its turns too (needed by `ssa export --from-logs`).
+    log_user_text: bool = False
+    # The writer queue; when full, decisions are dropped and counted, never waited for.
+    queue_size: int = 2048
+    rotate_mb: float = 64.0
+    # Files older than this many days are deleted at rotation (0 keeps them forever).
+    retention_days: float = 30.0
+    # Hours during which a served request id accepts Feedback.
+    feedback_ttl_hours: float = 72.0
+
+
+@dataclass
+class ExplorationConfig:
+    # Used only while decisions are logged. "epsilon-greedy" (over the top_k), "softmax" (over the top_k
+    # blender scores at `temperature`) or "greedy" (no exploration: every propensity is 0 or 1).
+    policy: str = "epsilon-greedy"
+    epsilon: float = 0.05
+    temperature: float = 0.25
+    top_k: int = 5
+    # 0 seeds from the OS; anything else makes choices reproducible (tests).
+    seed: int = 0
 
 
 @dataclass
@@ -113,7 +199,9 @@ class Settings:
     server: ServerConfig = field(default_factory=ServerConfig)
     ranker: RankerConfig = field(default_factory=RankerConfig)
     lm: LMConfig = field(default_factory=LMConfig)
-    generation: GenerationSettings = field(default_factory=GenerationSettings)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    exploration: ExplorationConfig = field(default_factory=ExplorationConfig)
 
     @property
     def bank_path(self) -> Path:
@@ -137,7 +225,7 @@ class Settings:
         return Path(configured).expanduser()
 
 
-_SECTIONS = ("encoder", "retrieval", "server", "ranker", "lm", "generation")
+_SECTIONS = ("encoder", "retrieval", "server", "ranker", "lm", "generation", "logging", "exploration")
 
 
 def _coerce(value: Any, kind: Any, where: str) -> Any:

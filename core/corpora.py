@@ -16,7 +16,9 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import lzma
 import tarfile
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +27,7 @@ from typing import Any
 from core.atomic import atomic_write_text
 from core.text import normalize_text
 from core.types import Context, Turn
+from core.user_files import UserFileError, decode_user_bytes, read_user_json
 
 SPLITS = ("train", "dev", "test")
 
@@ -118,6 +121,25 @@ def _turn(speaker: Any, text: Any, meta: dict[str, Any] | None = None) -> Dialog
     return DialogueTurn(str(speaker), clean, meta or {}) if clean else None
 
 
+def _shaped(value: Any, kind: type, where: str, expected: str) -> Any:
+    """``value`` when it is a ``kind``; else a ``CorpusFormatError`` naming the place and the expected shape."""
+    if not isinstance(value, kind):
+        raise CorpusFormatError(f"{where}: expected {expected}, found {type(value).__name__}; is this the right "
+                                "file for this reader, and complete?")
+    return value
+
+
+def _messages(conv: Any, key: str, where: str) -> list[dict[str, Any]]:
+    """The message objects of one conversation, each checked to be an object with string text fields."""
+    conv = _shaped(conv, dict, where, "a conversation object")
+    messages = _shaped(conv.get(key, []), list, f"{where}: '{key}'", "a list of messages")
+    for j, message in enumerate(messages):
+        message = _shaped(message, dict, f"{where}: {key}[{j}]", "a message object")
+        for name in ("text", "message", "sender", "agent"):
+            _shaped(message.get(name, ""), str, f"{where}: {key}[{j}].{name}", "a string")
+    return messages
+
+
 def _dialogue(conv_id: str, language: str, turns: Iterable[DialogueTurn | None], meta: dict) -> Dialogue | None:
     kept = tuple(t for t in turns if t is not None)
     return Dialogue(conv_id, language, kept, meta) if kept else None
@@ -133,22 +155,30 @@ def _dialogue_from_json(obj: Any, where: str) -> Dialogue:
     for j, raw in enumerate(obj["turns"]):
         if not isinstance(raw, dict) or not isinstance(raw.get("text"), str):
             raise CorpusFormatError(f"{where}: turn {j} needs a string 'text' (and a 'speaker')")
-        turns.append(DialogueTurn(str(raw.get("speaker", "")), raw["text"], dict(raw.get("meta") or {})))
+        meta = _shaped(raw.get("meta") or {}, dict, f"{where}: turn {j} 'meta'", "an object")
+        turns.append(DialogueTurn(str(raw.get("speaker", "")), raw["text"], dict(meta)))
     language = obj.get("language")
     if not isinstance(language, str) or not language:
         raise CorpusFormatError(f"{where}: missing 'language' (e.g. \"ru\" or \"en\")")
-    return Dialogue(obj["id"], language, tuple(turns), dict(obj.get("meta") or {}))
+    return Dialogue(obj["id"], language, tuple(turns), dict(_shaped(obj.get("meta") or {}, dict, f"{where}: 'meta'",
+                                                                     "an object")))
 
 
 def read_jsonl_dialogues(path: Path) -> Iterator[Dialogue]:
-    with open(path, encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, 1):
+    """Stream the interchange format; a bad line raises ``CorpusFormatError`` naming the file and line."""
+    with open(path, "rb") as handle:
+        for line_no, raw in enumerate(handle, 1):
+            try:
+                line = decode_user_bytes(raw, path, "utf-8-sig" if line_no == 1 else "utf-8", first_line=line_no)
+            except UserFileError as exc:
+                raise CorpusFormatError(str(exc)) from exc
             if not line.strip():
                 continue
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise CorpusFormatError(f"{path}:{line_no}: not valid JSON ({exc.msg})") from exc
+                raise CorpusFormatError(f"{path}:{line_no}: not valid JSON ({exc.msg}); fix or drop that line"
+                                        ) from exc
             yield _dialogue_from_json(obj, f"{path}:{line_no}")
 
 
@@ -175,12 +205,9 @@ def chitchat_dataset_path() -> Path:
 
 def _load_json(path: Path) -> Any:
     try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except FileNotFoundError:
-        raise
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CorpusFormatError(f"{path}: not a readable JSON file ({exc})") from exc
+        return read_user_json(path)
+    except UserFileError as exc:
+        raise CorpusFormatError(str(exc)) from exc
 
 
 def read_chitchat(path: Path | None = None, limit: int | None = None) -> Iterator[Dialogue]:
@@ -189,13 +216,18 @@ def read_chitchat(path: Path | None = None, limit: int | None = None) -> Iterato
     Meta keeps ``prompt``, ``start`` and the per-conversation ``ratings`` (witty/interesting/upbeat, 1-10)
     when present (about 5,988 of 7,168 conversations have them).
     """
-    data = _load_json(path or chitchat_dataset_path())
+    path = path or chitchat_dataset_path()
+    data = _shaped(_load_json(path), dict, str(path), "an object of conversations keyed by id")
     count = 0
     for conv_id, conv in data.items():
         if limit is not None and count >= limit:
             return
+        where = f"{path}: conversation {conv_id!r}"
+        groups = _shaped(_shaped(conv, dict, where, "a conversation object").get("messages", []), list, where,
+                         "a 'messages' list")
         turns = []
-        for group in conv.get("messages", []):
+        for j, group in enumerate(groups):
+            group = _messages({"group": group}, "group", f"{where}: messages[{j}]")
             if group:
                 turns.append(_turn(group[0].get("sender", ""), " ".join(m.get("text", "") for m in group)))
         meta = {key: conv[key] for key in ("prompt", "start", "ratings") if key in conv}
@@ -203,6 +235,13 @@ def read_chitchat(path: Path | None = None, limit: int | None = None) -> Iterato
         if dialogue is not None:
             count += 1
             yield dialogue
+
+
+def _decoded(data: bytes, source: str | Path) -> str:
+    try:
+        return decode_user_bytes(data, source)
+    except UserFileError as exc:
+        raise CorpusFormatError(str(exc)) from exc
 
 
 def read_anekdot_dialogues(path: Path, limit: int | None = None) -> Iterator[Dialogue]:
@@ -213,15 +252,20 @@ def read_anekdot_dialogues(path: Path, limit: int | None = None) -> Iterator[Dia
     """
     path = Path(path)
     if path.suffix == ".txt":
-        text = path.read_text(encoding="utf-8")
+        text = _decoded(path.read_bytes(), path)
     else:
-        with tarfile.open(path) as archive:
-            members = [m for m in archive.getmembers() if m.isfile()]
-            if len(members) != 1:
-                raise CorpusFormatError(f"{path}: expected exactly one text file inside, found {len(members)}")
-            handle = archive.extractfile(members[0])
-            assert handle is not None
-            text = handle.read().decode("utf-8")
+        try:
+            with tarfile.open(path) as archive:
+                members = [m for m in archive.getmembers() if m.isfile()]
+                if len(members) != 1:
+                    raise CorpusFormatError(f"{path}: expected exactly one text file inside, found {len(members)}")
+                handle = archive.extractfile(members[0])
+                assert handle is not None
+                data, name = handle.read(), members[0].name
+        except (tarfile.TarError, EOFError, lzma.LZMAError, zlib.error) as exc:
+            raise CorpusFormatError(f"{path}: not a readable archive ({exc}); it may be cut off: fetch it again"
+                                    ) from exc
+        text = _decoded(data, f"{path}:{name}")
     count = 0
     for block in text.replace("\r\n", "\n").split("\n\n"):
         if limit is not None and count >= limit:
@@ -239,7 +283,7 @@ def read_anekdot_dialogues(path: Path, limit: int | None = None) -> Iterator[Dia
 def read_topicalchat(path: Path, limit: int | None = None) -> Iterator[Dialogue]:
     """Topical-Chat conversations file (e.g. ``valid_freq.json``); per-turn sentiment and rating kept."""
     path = Path(path)
-    data = _load_json(path)
+    data = _shaped(_load_json(path), dict, str(path), "an object of conversations keyed by id")
     subset = path.stem
     for count, (conv_id, conv) in enumerate(data.items()):
         if limit is not None and count >= limit:
@@ -247,7 +291,7 @@ def read_topicalchat(path: Path, limit: int | None = None) -> Iterator[Dialogue]
         turns = [
             _turn(m.get("agent", ""), m.get("message", ""),
                   {k: m[k] for k in ("sentiment", "turn_rating") if k in m})
-            for m in conv.get("content", [])
+            for m in _messages(conv, "content", f"{path}: conversation {conv_id!r}")
         ]
         meta = {"subset": subset, **{k: conv[k] for k in ("config", "article_url") if k in conv}}
         dialogue = _dialogue(f"topicalchat:{conv_id}", "en", turns, meta)
@@ -280,9 +324,7 @@ def read_convai2(path: Path, limit: int | None = None) -> Iterator[Dialogue]:
     The files carry no conversation id, so the id is ``convai2:<file stem>:<position in file>``.
     """
     path = Path(path)
-    data = _load_json(path)
-    if not isinstance(data, list):
-        raise CorpusFormatError(f"{path}: expected a JSON list of ConvAI2 dialogues")
+    data = _shaped(_load_json(path), list, str(path), "a JSON list of ConvAI2 dialogues")
     count = 0
     for index, conv in enumerate(data):
         if limit is not None and count >= limit:
@@ -290,7 +332,7 @@ def read_convai2(path: Path, limit: int | None = None) -> Iterator[Dialogue]:
         turns = [
             _turn(m.get("sender", ""), m.get("text", ""),
                   {"sender_class": m.get("sender_class"), "evaluation_score": m.get("evaluation_score")})
-            for m in conv.get("dialog", [])
+            for m in _messages(conv, "dialog", f"{path}: dialogue {index}")
         ]
         meta = {k: conv[k] for k in ("eval_score", "profile_match", "bot_profile", "user_profile",
                                      "start_time", "participant1_id", "participant2_id") if k in conv}

@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, ClassVar, Protocol
 
 import numpy as np
 
+from core.blocklist import Blocklist
 from core.text import word_tokens
 from core.types import Candidate, Context, QueryPassageEncoder
 
 if TYPE_CHECKING:
-    from ranker.features.blocklist import Blocklist
     from ranker.idf import IdfTable
 
 

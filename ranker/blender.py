@@ -1,8 +1,10 @@
 """The blender: a LightGBM lambdarank model over annotator features that orders the candidate pool.
 
-A saved blender is a directory: ``booster.txt`` (LightGBM text model), ``blender_manifest.json``
-(features, annotator names and versions, data hash, metrics, params, LightGBM version) and, when
-lexical features were used, ``idf.json``. Loading refuses annotators that differ from the manifest.
+A saved blender is a directory: ``booster.txt`` (LightGBM text model), ``blender_manifest.json`` (a
+:class:`core.artifacts.ArtifactManifest` of kind ``blender`` or ``blender-rl``: features, annotator names
+and versions, resources and lineage, data hash, metrics, params, package versions) and, when lexical
+features were used, ``idf.json``. Loading refuses another format and annotators that differ from the
+manifest.
 
 For the RL work the booster is exposed as a policy: :meth:`Blender.raw_scores` gives logits,
 :meth:`Blender.policy` a softmax within each group, and :meth:`Blender.continue_training` adds trees
@@ -11,18 +13,17 @@ with a custom objective starting from the current model (LightGBM ``init_model``
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, datetime
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import lightgbm as lgb
 import numpy as np
 
-from core.atomic import atomic_directory, atomic_write_json, sha256_bytes
+from core.artifacts import ArtifactError, ArtifactManifest, load_manifest, now, package_versions, save_manifest
+from core.atomic import atomic_directory, sha256_bytes
 from core.types import Candidate, Context
 from ranker.annotators import Annotator, AnnotatorResources, annotate_all, build_annotators, describe
 from ranker.dataset import RankingDataset
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 MANIFEST_NAME = "blender_manifest.json"
 BOOSTER_NAME = "booster.txt"
 IDF_NAME = "idf.json"
-FORMAT_VERSION = 1
+BLENDER_KINDS = ("blender", "blender-rl")
 RETRAIN_HINT = "run `repliq train blender` to retrain it on the current annotators"
 
 # LightGBM custom objective: (raw scores, training Dataset) -> (gradient, hessian).
@@ -44,21 +45,65 @@ class BlenderMismatchError(RuntimeError):
     """The saved blender and the live annotators disagree on features; the message lists the differences."""
 
 
+# Resource keys that name workspace artifacts: they become the manifest's lineage.
+RESOURCE_LINEAGE = ("encoder", "specificity")
+
+
 @dataclass
 class BlenderManifest:
+    """The blender's view of its :class:`core.artifacts.ArtifactManifest` (``blender_manifest.json``).
+
+    ``resources`` is what the annotators were given (compared field by field at load time); its
+    encoder and specificity proxy, plus ``lineage`` (e.g. the π_ref and rewards of an RL-tuned
+    blender), form the artifact's lineage.
+    """
+
     feature_names: list[str]
     annotators: list[dict[str, Any]]
     data_hash: str
     model_sha256: str
     params: dict[str, Any]
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
     resources: dict[str, str] = field(default_factory=dict)
     # How the booster was produced beyond LightGBM params (train config, RL objective, ...).
     training: dict[str, Any] = field(default_factory=dict)
     lightgbm_version: str = lgb.__version__
     parent: str | None = None
-    created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
-    format_version: int = FORMAT_VERSION
+    created_at: str = field(default_factory=now)
+    kind: str = "blender"  # "blender-rl" for a policy tuned by `repliq rl tune`
+    lineage: dict[str, str] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=lambda: package_versions("lightgbm", "numpy", "repliq"))
+
+    def to_artifact(self) -> ArtifactManifest:
+        lineage = {key: self.resources[key] for key in RESOURCE_LINEAGE if key in self.resources}
+        return ArtifactManifest(
+            kind=self.kind, identity=self.model_sha256, config=self.params, data_sha256=self.data_hash,
+            lineage={**lineage, **self.lineage}, versions=self.versions, metrics=self.metrics,
+            created_at=self.created_at,
+            details={"feature_names": self.feature_names, "annotators": self.annotators, "data_hash": self.data_hash,
+                     "model_sha256": self.model_sha256, "resources": self.resources, "training": self.training,
+                     "lightgbm_version": self.lightgbm_version, "parent": self.parent})
+
+    @classmethod
+    def from_artifact(cls, artifact: ArtifactManifest) -> BlenderManifest:
+        d = artifact.details
+        return cls(feature_names=list(d["feature_names"]), annotators=list(d["annotators"]),
+                   data_hash=artifact.data_sha256, model_sha256=artifact.identity, params=artifact.config,
+                   metrics=artifact.metrics, resources=dict(d.get("resources") or {}),
+                   training=dict(d.get("training") or {}), lightgbm_version=str(d.get("lightgbm_version", "")),
+                   parent=d.get("parent"), created_at=artifact.created_at, kind=artifact.kind,
+                   lineage={k: v for k, v in artifact.lineage.items() if k not in RESOURCE_LINEAGE},
+                   versions=artifact.versions)
+
+
+def read_blender_manifest(directory: Path) -> BlenderManifest:
+    """The checked manifest of a blender directory (supervised or RL-tuned), without loading the booster."""
+    try:
+        artifact = load_manifest(Path(directory) / MANIFEST_NAME, BLENDER_KINDS)
+        return BlenderManifest.from_artifact(artifact)
+    except (ArtifactError, KeyError) as exc:
+        message = str(exc) if isinstance(exc, ArtifactError) else f"its manifest lacks {exc}; {RETRAIN_HINT}"
+        raise BlenderMismatchError(f"blender {directory}: {message}") from exc
 
 
 def _json_params(params: dict[str, Any]) -> dict[str, Any]:
@@ -189,25 +234,17 @@ class Blender:
             (scratch / BOOSTER_NAME).write_text(model_text, encoding="utf-8")
             if idf is not None:
                 manifest.resources = {**manifest.resources, "idf": idf.save(scratch / IDF_NAME)}
-            atomic_write_json(scratch / MANIFEST_NAME, asdict(manifest))
+            save_manifest(scratch / MANIFEST_NAME, manifest.to_artifact())
         self.manifest = manifest
 
     @classmethod
     def load(cls, directory: Path, resources: AnnotatorResources | None = None) -> Blender:
         """Load and rebuild the annotators it was trained with; ``idf.json`` is used unless one is given."""
         directory = Path(directory)
-        manifest_path = directory / MANIFEST_NAME
-        if not manifest_path.exists():
+        if not (directory / MANIFEST_NAME).exists():
             raise FileNotFoundError(f"{directory} holds no trained blender ({MANIFEST_NAME} missing); "
                                     "run `repliq train blender`")
-        try:
-            manifest = BlenderManifest(**json.loads(manifest_path.read_text(encoding="utf-8")))
-        except (TypeError, json.JSONDecodeError) as exc:
-            raise BlenderMismatchError(f"{manifest_path} is not a blender manifest this code reads ({exc}); "
-                                       f"{RETRAIN_HINT}") from exc
-        if manifest.format_version != FORMAT_VERSION:
-            raise BlenderMismatchError(f"{directory} has blender format {manifest.format_version}, "
-                                       f"this code reads {FORMAT_VERSION}; {RETRAIN_HINT}")
+        manifest = read_blender_manifest(directory)
         model_text = (directory / BOOSTER_NAME).read_text(encoding="utf-8")
         if sha256_bytes(model_text.encode("utf-8")) != manifest.model_sha256:
             raise BlenderMismatchError(f"{directory / BOOSTER_NAME} does not match its manifest hash; {RETRAIN_HINT}")

@@ -30,6 +30,7 @@ import numpy as np
 
 from core.atomic import atomic_write_bytes
 from core.corpora import ContextPair, split_of
+from core.job_configs import BuilderConfig
 from core.text import normalize_text
 from core.types import SOURCE_BANK, Candidate, Context, QueryPassageEncoder
 from ranker.annotators import Annotator, annotate_all, describe, feature_names
@@ -47,28 +48,6 @@ MAX_LABEL = 3
 
 class DatasetError(ValueError):
     """Input that cannot become a ranking dataset; the message says what to fix."""
-
-
-@dataclass
-class BuilderConfig:
-    k_retrieved: int = 10
-    k_random: int = 10
-    # Replies of *other* contexts of the same corpus, language and split (the corpus is the conversation
-    # id's prefix, "chitchat:", "topicalchat:"; a reply of another corpus would give the gold away by
-    # style, as bank phrases did). Without them every negative
-    # is a bank phrase and the only corpus text is the gold, so the blender learns "looks like the
-    # corpus" (length, word rarity) instead of "fits the context" (docs/benchmarks.md, ranking eval).
-    k_corpus: int = 0
-    seed: int = 0
-    dev_fraction: float = 0.1
-    test_fraction: float = 0.1
-    batch_size: int = 64
-
-
-# The pools `repliq train blender` builds unless told. No retrieved negatives: the bank's top hits are often
-# fine replies labelled 0, and with them the blender fell below its own retriever on held-out dialogues
-# (docs/benchmarks.md, "pool mix"); random bank phrases keep it from preferring corpus style over bank style.
-DEFAULT_POOLS = BuilderConfig(k_retrieved=0, k_random=10, k_corpus=30)
 
 
 @dataclass

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ import lightgbm as lgb
 import numpy as np
 
 from core.atomic import atomic_write_json
+from core.job_configs import BlenderTrainConfig
 from ranker.annotators import Annotator
 from ranker.blender import Blender
 from ranker.dataset import DatasetError, RankingDataset, missingness_gaps
@@ -24,39 +25,6 @@ from ranker.idf import IdfTable
 log = logging.getLogger(__name__)
 
 HISTORY_NAME = "history.json"
-
-
-@dataclass
-class BlenderTrainConfig:
-    # Small, regularized trees: beyond the first few dozen rounds bigger ones only fit noise on
-    # chit-chat data (dev R@1 peaks while train R@1 keeps climbing).
-    num_leaves: int = 15
-    learning_rate: float = 0.05
-    rounds: int = 500
-    # Rounds without a dev improvement before stopping; 0 trains all ``rounds``.
-    early_stopping: int = 50
-    min_data_in_leaf: int = 50
-    feature_fraction: float = 0.9
-    bagging_fraction: float = 1.0
-    bagging_freq: int = 0
-    lambda_l2: float = 1.0
-    # Early stopping watches NDCG@10: NDCG@1 on a few hundred dev pools is R@1, so noisy that it stopped a
-    # blender at 8 trees that NDCG@10 grew to 156, +3.3 points test R@1 (docs/benchmarks.md).
-    eval_at: tuple[int, ...] = (10,)
-    seed: int = 0
-    # 0 lets LightGBM use every core; training runs off the request path.
-    num_threads: int = 0
-    log_every: int = 10
-
-    def params(self) -> dict[str, Any]:
-        return {
-            "objective": "lambdarank", "metric": "ndcg", "eval_at": list(self.eval_at),
-            "num_leaves": self.num_leaves, "learning_rate": self.learning_rate,
-            "min_data_in_leaf": self.min_data_in_leaf, "feature_fraction": self.feature_fraction,
-            "bagging_fraction": self.bagging_fraction, "bagging_freq": self.bagging_freq,
-            "lambda_l2": self.lambda_l2, "seed": self.seed, "deterministic": True,
-            "num_threads": self.num_threads, "verbosity": -1,
-        }
 
 
 RETRIEVAL_FEATURE = "retrieval_cosine"

@@ -16,7 +16,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 import faiss
 import numpy as np
 
+from core.artifacts import KINDS, ArtifactError, ArtifactManifest, check_manifest, package_versions, save_manifest
 from core.atomic import (
     atomic_directory,
     atomic_write_bytes,
-    atomic_write_json,
     atomic_write_text,
     sha256_bytes,
     sha256_json,
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from core.config import Settings
     from retriever.encoder import Encoder
 
-FORMAT = 1
+FORMAT = KINDS["index"].format_version
 KEEP_SNAPSHOTS = 2
 BUILD_HINT = "run `repliq index build`"
 Progress = Callable[[int, int], None]
@@ -103,6 +103,23 @@ class IndexManifest:
     @property
     def total(self) -> int:
         return sum(self.counts.values())
+
+    def to_artifact(self) -> ArtifactManifest:
+        """The common manifest: identity is the snapshot checksum; lineage the encoder and bank revision."""
+        details = {k: v for k, v in asdict(self).items() if k != "snapshot"}
+        return ArtifactManifest(
+            kind="index", identity=self.checksum, config=self.params, data_sha256=self.content_sha256,
+            lineage={"model": self.encoder_identity, "bank": str(self.bank_revision)}, metrics={"counts": self.counts},
+            versions=package_versions("faiss-cpu", "numpy", "repliq"), created_at=self.created, details=details)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], where: Path, snapshot: str) -> IndexManifest:
+        """Read a snapshot manifest, refusing another kind or format with the command that rebuilds it."""
+        try:
+            check_manifest(data, "index", where)
+        except ArtifactError as exc:
+            raise IndexMismatchError(str(exc)) from exc
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name != "snapshot"}, snapshot=snapshot)
 
 
 @dataclass
@@ -194,7 +211,7 @@ def _write_snapshot(root: Path, shards: dict[str, VectorIndex], stored: dict[int
             checksum=sha256_json({"shards": checksums, "phrases": phrases_sha}),
             created=datetime.now(UTC).isoformat(timespec="seconds"), faiss_version=faiss.__version__,
             repliq_version=_repliq_version(), snapshot=name)
-        atomic_write_json(scratch / "manifest.json", asdict(manifest))
+        save_manifest(scratch / "manifest.json", manifest.to_artifact())
     atomic_write_text(root / "CURRENT", name + "\n")
     older = sorted((p for p in root.glob("snap-*") if p.is_dir() and p.name != name), reverse=True)
     for old in older[KEEP_SNAPSHOTS - 1:]:
@@ -290,13 +307,13 @@ def _open_snapshot(root: Path, encoder: Encoder, settings: Settings
         if not name.startswith("snap-") or "/" in name:
             raise ValueError(f"CURRENT names {name!r}")
         data = json.loads((snapshot / "manifest.json").read_text(encoding="utf-8"))
-        manifest = IndexManifest(**{**data, "snapshot": name})
         phrases_blob = (snapshot / "phrases.json").read_bytes()
     except (OSError, ValueError, TypeError) as exc:
         raise IndexCorruptError(f"the index snapshot {snapshot} is unreadable ({exc}); {BUILD_HINT}") from exc
-    if manifest.format != FORMAT:
-        raise IndexMismatchError(f"the index in {snapshot} has format {manifest.format}, this version reads "
-                                 f"{FORMAT}; {BUILD_HINT}")
+    try:
+        manifest = IndexManifest.from_json(data, snapshot / "manifest.json", name)
+    except (KeyError, TypeError) as exc:
+        raise IndexCorruptError(f"the index snapshot {snapshot} has a damaged manifest ({exc}); {BUILD_HINT}") from exc
     if (manifest.encoder_id, manifest.encoder_weights_sha256) != (
             encoder.manifest.model_id, encoder.manifest.weights_sha256):
         raise IndexMismatchError(f"the index in {snapshot} was built with encoder {manifest.encoder_identity}, "

@@ -7,9 +7,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from core.types import SOURCE_BANK, Candidate, Context
+from core.types import SOURCE_BANK, Candidate, Context, QueryPassageEncoder
 from retriever.bank_index import BankIndex, BankLike
-from retriever.encoder import Encoder
 from retriever.microbatch import MicroBatcher
 
 APPROVED = "approved"
@@ -21,18 +20,21 @@ class BankRetriever:
     """``CandidateSource`` over a loaded :class:`BankIndex`.
 
     With a ``microbatcher`` (wrapping ``encoder.encode_queries``) concurrent requests share encoder
-    calls; without one each request encodes on its own. ``retrieval_rank`` is 1 for the best hit.
+    calls; without one each request encodes on its own. ``encoder`` is anything with ``encode_queries``
+    and ``dim`` (serving passes its request-scoped encoder, whose query vectors are already computed for
+    the request). ``retrieval_rank`` is 1 for the best hit.
     """
 
     name = SOURCE_BANK
 
-    def __init__(self, encoder: Encoder, bank_index: BankIndex, bank: BankLike, context_turns: int,
+    def __init__(self, encoder: QueryPassageEncoder, bank_index: BankIndex, bank: BankLike, context_turns: int,
                  microbatcher: MicroBatcher | None = None) -> None:
         if context_turns < 0:
             raise ValueError(f"context_turns must be >= 0 (0 means the whole dialogue), got {context_turns}")
-        if bank_index.manifest.dim != encoder.dim:
+        dim = getattr(encoder, "dim", None)
+        if bank_index.manifest.dim != dim:
             raise ValueError(f"index dimension {bank_index.manifest.dim} does not match the encoder's "
-                             f"{encoder.dim}; run `repliq index build`")
+                             f"{dim}; run `repliq index build`")
         self.encoder = encoder
         self.bank_index = bank_index
         self.bank = bank

@@ -15,9 +15,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from core.models.manifest import MANIFEST_NAME, ModelManifest
+from retriever.encoder_base import ManifestEncoder
 
 if TYPE_CHECKING:
     from core.config import Settings
+    from retriever.adapter import AdaptedEncoder
+    from retriever.onnx_encoder import OnnxEncoder
 
 Progress = Callable[[int, int], None]
 # Texts per model call when reporting progress: big enough to keep length-sorted batching useful.
@@ -42,7 +45,7 @@ def read_manifest(model_dir: Path) -> ModelManifest:
     return describe_local_dir(Path(model_dir))
 
 
-class Encoder:
+class Encoder(ManifestEncoder):
     """Encodes queries and passages into float32, L2-normalized rows.
 
     ``device="auto"`` picks CUDA when available, else CPU; only CPU is tested here. Calls are
@@ -77,24 +80,30 @@ class Encoder:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_config(cls, settings: Settings) -> Encoder:
+    def from_config(cls, settings: Settings) -> Encoder | OnnxEncoder | AdaptedEncoder:
+        """The configured encoder on the configured backend (see :func:`retriever.onnx_encoder.choose_backend`).
+
+        Serving, index builds and jobs all come through here, so ``[encoder] backend`` reaches every one
+        of them; training loads the torch model itself.
+        """
         from core.models.registry import resolve
+        from retriever.onnx_encoder import OnnxEncoder, choose_backend
 
         config = settings.encoder
-        return cls(resolve(config.name, settings.models_dir), device=config.device,
-                   batch_size=config.batch_size, num_threads=getattr(config, "num_threads", None) or None)
+        model_dir = resolve(config.name, settings.models_dir)
+        threads = getattr(config, "num_threads", 0) or 0
+        device = pick_device(config.device) if getattr(config, "backend", "auto") == "auto" else config.device
+        if choose_backend(getattr(config, "backend", "auto"), model_dir, device) == "onnx":
+            encoder = OnnxEncoder(model_dir, batch_size=config.batch_size, num_threads=threads)
+        else:
+            encoder = cls(model_dir, device=config.device, batch_size=config.batch_size, num_threads=threads or None)
+        from retriever.adapter import with_configured_adapter
+
+        return with_configured_adapter(encoder, config.adapter, settings.artifacts_dir / "adapter")
 
     @property
-    def manifest(self) -> ModelManifest:
-        return self._manifest
-
-    @property
-    def dim(self) -> int:
-        return self._dim
-
-    @property
-    def identity(self) -> str:
-        return self._manifest.short_id
+    def backend(self) -> str:
+        return "torch"
 
     def encode_queries(self, texts: Sequence[str], progress: Progress | None = None) -> np.ndarray:
         return self._encode(texts, self._manifest.query_prefix, progress)

@@ -46,6 +46,9 @@ class CachingEncoder:
         self._lock = threading.Lock()
         self._queries: dict[str, np.ndarray] = {}
         self._passages: dict[str, np.ndarray] = {}
+        # Distinct query texts looked up and found (a server's frequent openers), for its metrics.
+        self.query_lookups = 0
+        self.query_hits = 0
 
     def seed_passages(self, texts: Sequence[str], vectors: np.ndarray) -> None:
         self._seeded.update(zip(texts, vectors, strict=True))
@@ -54,6 +57,11 @@ class CachingEncoder:
                 encode: Callable[[list[str]], np.ndarray], fixed: dict[str, np.ndarray]) -> np.ndarray:
         with self._lock:  # a server calls from many threads; encoding itself runs unlocked
             known = {t: cache[t] for t in texts if t in cache}
+            for text in known:  # least recently used first: frequent texts stay cached
+                cache[text] = cache.pop(text)
+            if cache is self._queries:
+                self.query_lookups += len(dict.fromkeys(texts))
+                self.query_hits += len(known)
         missing = [t for t in dict.fromkeys(texts) if t not in fixed and t not in known]
         fresh = dict(zip(missing, encode(missing), strict=True)) if missing else {}
         vectors = [fixed[t] if t in fixed else fresh.get(t, known.get(t)) for t in texts]
@@ -61,7 +69,7 @@ class CachingEncoder:
             cache.update(fresh)
             if self.max_cached is not None:
                 for old in list(islice(cache, max(len(cache) - self.max_cached, 0))):
-                    del cache[old]  # dicts keep insertion order: the oldest go first
+                    del cache[old]  # dicts keep insertion order: the least recently used go first
         return np.stack(vectors) if len(texts) else np.zeros((0, self.dim), dtype=np.float32)
 
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:

@@ -13,17 +13,18 @@ costs most of the step time on a CPU and the few thousand pairs we train on touc
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from core.artifacts import now, package_versions
 from core.atomic import atomic_directory, atomic_write_bytes, atomic_write_json, sha256_json
+from core.job_configs import RetrieverTrainConfig
 from core.models.manifest import ModelManifest
 from retriever.pairs import TrainPair, duplicate_free_batches, pairs_hash
 
@@ -35,44 +36,6 @@ class TrainRunMismatch(RuntimeError):
     """The work directory holds a checkpoint of a different run; the message says how to proceed."""
 
 
-@dataclass
-class RetrieverTrainConfig:
-    base: str = "e5-small"
-    name: str = "e5-small-ft"
-    batch_size: int = 32
-    max_seq_length: int = 80
-    epochs: int = 1
-    max_steps: int = 0  # 0: as many as ``epochs`` give
-    learning_rate: float = 3e-5
-    warmup_fraction: float = 0.1
-    weight_decay: float = 0.01
-    scale: float = 20.0
-    freeze_embeddings: bool = True
-    seed: int = 13
-    checkpoint_every: int = 25
-    log_every: int = 5
-    num_threads: int = 0
-
-    def identity(self) -> dict[str, Any]:
-        """The fields that change the trained weights; a checkpoint resumes only under the same ones."""
-        return {k: v for k, v in asdict(self).items() if k not in ("checkpoint_every", "log_every", "num_threads")}
-
-    def validate(self) -> None:
-        problems = [f"{f.name} must be positive" for f in fields(self)
-                    if f.name in ("batch_size", "max_seq_length", "epochs", "checkpoint_every", "log_every")
-                    and getattr(self, f.name) <= 0]
-        if self.batch_size < 2:
-            problems.append("batch_size must be at least 2 (in-batch negatives)")
-        if not 0 <= self.warmup_fraction < 1:
-            problems.append("warmup_fraction must be in [0, 1)")
-        if self.learning_rate <= 0 or self.max_steps < 0:
-            problems.append("learning_rate must be positive and max_steps >= 0")
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", self.name):
-            problems.append(f"name {self.name!r} must be a plain directory name (letters, digits, . _ -)")
-        if problems:
-            raise ValueError("invalid retriever training config: " + "; ".join(problems))
-
-
 @dataclass(frozen=True)
 class TrainResult:
     model_dir: Path
@@ -81,15 +44,6 @@ class TrainResult:
     plot_path: Path
     steps: int
     resumed_from: int
-
-
-def _versions() -> dict[str, str]:
-    import sentence_transformers
-    import torch
-    import transformers
-
-    return {"torch": torch.__version__, "sentence_transformers": sentence_transformers.__version__,
-            "transformers": transformers.__version__}
 
 
 def _check_name(name: str) -> None:
@@ -200,6 +154,56 @@ def _base_model(config: RetrieverTrainConfig, pairs: Sequence[TrainPair], models
     return base_dir, base
 
 
+class _Loop:
+    """The optimisation steps of one run: each step updates ``state`` so a checkpoint can resume it exactly."""
+
+    def __init__(self, model: Any, pairs: Sequence[TrainPair], config: RetrieverTrainConfig,
+                 prefixes: tuple[str, str], trainable: Any, optimizer: Any, scheduler: Any, work_dir: Path) -> None:
+        self.model, self.pairs, self.config, self.prefixes = model, pairs, config, prefixes
+        self.trainable, self.optimizer, self.scheduler, self.work_dir = trainable, optimizer, scheduler, work_dir
+
+    def run(self, state: dict[str, Any], total: int, per_epoch: int, show_progress: bool,
+            callback: StepCallback | None) -> None:
+        import torch
+        from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+        from tqdm.auto import tqdm
+
+        model, pairs, config, prefixes = self.model, self.pairs, self.config, self.prefixes
+        optimizer, scheduler, work_dir, trainable = self.optimizer, self.scheduler, self.work_dir, self.trainable
+        step = int(state["step"])
+        loss_fn = MultipleNegativesRankingLoss(model, scale=config.scale)
+        batches: dict[int, list[list[int]]] = {}
+        model.train()
+        started, seconds_before = time.monotonic(), state["train_seconds"]
+        bar = tqdm(total=total, initial=step, disable=not show_progress, desc="train retriever", unit="step")
+        while step < total:
+            epoch, index = divmod(step, per_epoch)
+            if epoch not in batches:
+                batches = {epoch: duplicate_free_batches(pairs, config.batch_size, config.seed + epoch)}
+            loss = loss_fn(_features(model, pairs, batches[epoch][index], prefixes), None)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            value = float(loss.detach())
+            state.update(step=step, train_seconds=seconds_before + time.monotonic() - started,
+                         pairs_seen=state["pairs_seen"] + len(batches[epoch][index]))
+            state["window"].append(value)
+            if step % config.log_every == 0 or step == total:
+                state["history"].append({"step": step, "loss": float(np.mean(state["window"])),
+                                         "lr": float(scheduler.get_last_lr()[0]), "seconds": state["train_seconds"]})
+                state["window"] = []
+            bar.update(1)
+            bar.set_postfix(loss=f"{value:.3f}")
+            if step % config.checkpoint_every == 0 and step < total:
+                _save_checkpoint(work_dir, model, optimizer, scheduler, state)
+            if callback:
+                callback(step, value)
+        bar.close()
+
+
 def train_retriever(config: RetrieverTrainConfig, pairs: Sequence[TrainPair], models_dir: Path, work_dir: Path, *,
                     dev_pairs: Sequence[TrainPair] = (), resume: bool = True, show_progress: bool = True,
                     callback: StepCallback | None = None,
@@ -211,8 +215,6 @@ def train_retriever(config: RetrieverTrainConfig, pairs: Sequence[TrainPair], mo
     give a before/after R@1-of-10 recorded in the manifest. ``callback(step, loss)`` runs after each step.
     """
     import torch
-    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
-    from tqdm.auto import tqdm
 
     say = say or (lambda _message: None)
     base_dir, base = _base_model(config, pairs, models_dir)
@@ -233,44 +235,16 @@ def train_retriever(config: RetrieverTrainConfig, pairs: Sequence[TrainPair], mo
     optimizer, scheduler = _optimizer(model, config, total)
     state = _load_checkpoint(work_dir, run, model, optimizer, scheduler) or {
         "run": run, "step": 0, "history": [], "window": [], "train_seconds": 0.0, "pairs_seen": 0, "metrics": {}}
-    resumed_from = step = int(state["step"])
+    resumed_from = int(state["step"])
     if resumed_from:
         say(f"resuming from step {resumed_from} of {total} ({work_dir / CHECKPOINT})")
     elif dev_pairs:
         model.eval()
         state["metrics"]["dev_r1_of_10_base"] = in_batch_recall(model, dev_pairs, prefixes)
 
-    loss_fn = MultipleNegativesRankingLoss(model, scale=config.scale)
-    batches: dict[int, list[list[int]]] = {}
-    model.train()
-    started, seconds_before = time.monotonic(), state["train_seconds"]
-    bar = tqdm(total=total, initial=step, disable=not show_progress, desc="train retriever", unit="step")
-    while step < total:
-        epoch, index = divmod(step, per_epoch)
-        if epoch not in batches:
-            batches = {epoch: duplicate_free_batches(pairs, config.batch_size, config.seed + epoch)}
-        loss = loss_fn(_features(model, pairs, batches[epoch][index], prefixes), None)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        value = float(loss.detach())
-        state.update(step=step, train_seconds=seconds_before + time.monotonic() - started,
-                     pairs_seen=state["pairs_seen"] + len(batches[epoch][index]))
-        state["window"].append(value)
-        if step % config.log_every == 0 or step == total:
-            state["history"].append({"step": step, "loss": float(np.mean(state["window"])),
-                                     "lr": float(scheduler.get_last_lr()[0]), "seconds": state["train_seconds"]})
-            state["window"] = []
-        bar.update(1)
-        bar.set_postfix(loss=f"{value:.3f}")
-        if step % config.checkpoint_every == 0 and step < total:
-            _save_checkpoint(work_dir, model, optimizer, scheduler, state)
-        if callback:
-            callback(step, value)
-    bar.close()
+    seconds_before = state["train_seconds"]
+    loop = _Loop(model, pairs, config, prefixes, trainable, optimizer, scheduler, work_dir)
+    loop.run(state, total, per_epoch, show_progress, callback)
 
     model.eval()
     metrics = dict(state["metrics"])
@@ -312,7 +286,8 @@ def _publish(model: Any, target: Path, config: RetrieverTrainConfig, base: Model
             license=base.license,
             extra={"base": base.short_id, "base_model_id": base.model_id, "training": asdict(config),
                    "config_hash": sha256_json(config.identity()), "data_hash": pairs_hash(pairs),
-                   "pairs": languages, "metrics": metrics, "versions": _versions()})
+                   "pairs": languages, "metrics": metrics, "created_at": now(),
+                   "versions": package_versions("torch", "sentence-transformers", "transformers", "repliq")})
         manifest.save(scratch)
         for path in (scratch, *scratch.rglob("*")):  # a shared cache must be readable by a service account
             path.chmod(0o755 if path.is_dir() else 0o644)

@@ -4,50 +4,34 @@ Heads may train with torch (the MLP) but score with plain numpy matrix products:
 microseconds per row, so once the embedding exists (retrieval computes it anyway) a reward is almost
 free. Inputs are standardized with the training rows' mean and sd, stored with the weights.
 
-A saved model is one directory holding ``weights.npz`` and ``manifest.json``, swapped in atomically.
+A saved model is one directory holding ``weights.npz`` and ``manifest.json`` (a
+:class:`core.artifacts.ArtifactManifest`), swapped in atomically.
 
-The manifest records what a reward model needs to be trusted later: its kind, config, a hash of the
-training data, package versions, metrics, and the identity of the encoder whose embeddings it reads.
-A head fit on one encoder's vectors gives confident nonsense on another's, so loading checks that
-identity and refuses a mismatch instead of scoring.
+The manifest records what a reward model needs to be trusted later (kind, config, data hash, package
+versions, metrics) and, as its lineage, the identity of the encoder whose embeddings it reads. A head
+fit on one encoder's vectors gives confident nonsense on another's, so loading checks that identity
+and refuses a mismatch instead of scoring.
 """
 
 from __future__ import annotations
 
 import io
-import json
-import platform
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from core.artifacts import ArtifactError, ArtifactManifest, check_manifest, package_versions, read_json, save_manifest
 from core.atomic import atomic_directory, sha256_bytes, sha256_json
 
 HEADS = ("ridge", "logistic", "mlp")
 WEIGHTS_FILE = "weights.npz"
 MANIFEST_FILE = "manifest.json"
-TRAIN_HINT = {
-    "specificity-proxy": "repliq train reward --kind specificity",
-    "relevance": "repliq train reward --kind relevance",
-}
 
 
-class RewardModelError(ValueError):
+class RewardModelError(ArtifactError):
     """A reward-model directory that cannot be used as asked; the message says what to do instead."""
-
-
-def package_versions(*packages: str) -> dict[str, str]:
-    found = {"python": platform.python_version()}
-    for package in packages:
-        try:
-            found[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            found[package] = "unknown"
-    return found
 
 
 def data_hash(*parts: Any) -> str:
@@ -62,41 +46,47 @@ def weights_digest(arrays: dict[str, np.ndarray]) -> str:
 
 
 def save_artifact(out_dir: Path, kind: str, arrays: dict[str, np.ndarray], *, config: dict[str, Any],
-                  encoder: str, data_sha256: str, metrics: dict[str, Any]) -> dict[str, Any]:
-    """Write weights and manifest into ``out_dir`` in one atomic directory swap; returns the manifest."""
+                  encoder: str | None, data_sha256: str, metrics: dict[str, Any]) -> dict[str, Any]:
+    """Write weights and manifest into ``out_dir`` in one atomic directory swap; returns the manifest as JSON.
+
+    ``encoder`` is the identity of the encoder whose embeddings the head reads (``None`` for heads that
+    read none); it is recorded as the ``encoder`` lineage and, for older readers, as ``encoder``.
+    """
     bad = [name for name, value in arrays.items() if not np.isfinite(value).all()]
     if bad:
         raise RewardModelError(f"refusing to save {kind}: arrays {bad} hold NaN or infinity (training diverged); "
                                "lower the learning rate or raise the L2 penalty and retrain")
-    manifest = {
-        "kind": kind, "encoder": encoder, "config": config, "data_sha256": data_sha256, "metrics": metrics,
-        "weights_sha256": weights_digest(arrays),
-        "versions": package_versions("numpy", "torch", "sentence-transformers", "repliq"),
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
+    digest = weights_digest(arrays)
+    manifest = ArtifactManifest(
+        kind=kind, identity=digest, config=config, data_sha256=data_sha256, metrics=metrics,
+        lineage={"encoder": encoder} if encoder is not None else {},
+        versions=package_versions("numpy", "torch", "sentence-transformers", "repliq"),
+        details={"encoder": encoder, "weights_sha256": digest})
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     with atomic_directory(Path(out_dir)) as scratch:
         (scratch / WEIGHTS_FILE).write_bytes(buffer.getvalue())
-        (scratch / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False)
-                                             + "\n", encoding="utf-8")
-    return manifest
+        save_manifest(scratch / MANIFEST_FILE, manifest)
+    return manifest.to_json()
 
 
 def load_artifact(directory: Path, kind: str,
                   encoder: str | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Manifest and arrays of a saved reward model of ``kind``; ``encoder`` (an identity) must match if given."""
+    """Manifest (as JSON) and arrays of a saved reward model of ``kind``; ``encoder`` must match if given."""
     directory = Path(directory)
-    hint = TRAIN_HINT.get(kind, "retrain it")
     try:
-        manifest = json.loads((directory / MANIFEST_FILE).read_text(encoding="utf-8"))
+        manifest = read_json(directory / MANIFEST_FILE, kind)
         with np.load(directory / WEIGHTS_FILE, allow_pickle=False) as npz:
             arrays = {name: npz[name] for name in npz.files}
-    except (OSError, ValueError) as exc:
-        raise RewardModelError(f"{directory} is not a saved reward model ({exc}); train one with `{hint}`") from exc
-    if manifest.get("kind") != kind:
-        raise RewardModelError(f"{directory} holds a {manifest.get('kind')!r} model, not {kind!r}; "
-                               f"point the config at a {kind} directory (train one with `{hint}`)")
+    except (ArtifactError, OSError, ValueError) as exc:
+        raise RewardModelError(f"{directory} is not a saved reward model ({exc})") from exc
+    try:
+        checked = check_manifest(manifest, kind, directory)
+    except ArtifactError as exc:
+        raise RewardModelError(str(exc)) from exc
+    if weights_digest(arrays) != checked.identity:
+        raise RewardModelError(f"{directory / WEIGHTS_FILE} does not match its manifest hash (edited or damaged); "
+                               f"run `{checked.rebuild}` to rebuild it")
     if encoder is not None:
         check_encoder(manifest, encoder, directory)
     return manifest, arrays
@@ -104,10 +94,11 @@ def load_artifact(directory: Path, kind: str,
 
 def check_encoder(manifest: dict[str, Any], encoder: str, directory: Path) -> None:
     """Refuse a model whose features came from another encoder than the configured one."""
-    if manifest.get("encoder") != encoder:
-        hint = TRAIN_HINT.get(str(manifest.get("kind")), "retrain it")
+    trained = (manifest.get("lineage") or {}).get("encoder")
+    if trained != encoder:
+        hint = ArtifactManifest.from_json(manifest, directory).rebuild
         raise RewardModelError(
-            f"{directory} was trained on embeddings of encoder {manifest.get('encoder')!r}, but the configured "
+            f"{directory} was trained on embeddings of encoder {trained!r}, but the configured "
             f"encoder is {encoder!r}; its scores would be meaningless. Retrain it with `{hint}` or set "
             "encoder.name back to the encoder it was trained with"
         )

@@ -8,24 +8,30 @@ milliseconds on rater preferences; encoder embeddings can replace it without tou
 from __future__ import annotations
 
 import json
-import platform
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy.optimize import minimize
 
-from core.atomic import atomic_directory, atomic_write_text, sha256_json
+from core.artifacts import (
+    ArtifactError,
+    ArtifactManifest,
+    load_manifest,
+    package_versions,
+    rebuild_command,
+    save_manifest,
+)
+from core.atomic import atomic_directory, atomic_write_text, sha256_bytes, sha256_json
 from core.text import detect_language, normalize_text, word_tokens
 from core.types import Context, Turn
 
 MODEL_FILE = "preference_model.json"
 MANIFEST_FILE = "manifest.json"
+KIND = "preference-reward"
 
 
 class PreferenceDataError(ValueError):
@@ -185,44 +191,38 @@ class PreferenceRewardModel:
             raise PreferenceDataError("nothing to save: the model is not trained")
         model = {"weights": self.weights.tolist(), "mean": self.mean.tolist(), "scale": self.scale.tolist(),
                  "feature_names": list(getattr(self.featurizer, "feature_names", []))}
-        manifest = {
-            "kind": "preference-reward", "model": "bradley-terry-linear",
-            "config": {"l2": self.l2, "featurizer": _featurizer_name(self.featurizer), "dim": len(self.weights)},
-            "data_sha256": data_sha256, "fit": self.fit_info, "metrics": metrics or {},
-            "versions": {"python": platform.python_version(), **_versions("numpy", "scipy", "repliq")},
-            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        }
+        model_text = json.dumps(model, indent=2) + "\n"
+        featurizer = _featurizer_name(self.featurizer)
+        manifest = ArtifactManifest(
+            kind=KIND, identity=sha256_bytes(model_text.encode("utf-8")),
+            config={"l2": self.l2, "featurizer": featurizer, "dim": len(self.weights)},
+            data_sha256=data_sha256, lineage={"featurizer": featurizer}, metrics=metrics or {},
+            versions=package_versions("numpy", "scipy", "repliq"),
+            details={"model": "bradley-terry-linear", "fit": self.fit_info})
         with atomic_directory(Path(directory)) as scratch:
-            (scratch / MODEL_FILE).write_text(json.dumps(model, indent=2) + "\n", encoding="utf-8")
-            (scratch / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n",
-                                                 encoding="utf-8")
+            (scratch / MODEL_FILE).write_text(model_text, encoding="utf-8")
+            save_manifest(scratch / MANIFEST_FILE, manifest)
 
     @classmethod
     def load(cls, directory: Path, featurizer: Featurizer | None = None) -> PreferenceRewardModel:
         directory = Path(directory)
         try:
-            manifest = json.loads((directory / MANIFEST_FILE).read_text(encoding="utf-8"))
-            model = json.loads((directory / MODEL_FILE).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise PreferenceDataError(f"{directory} is not a saved preference model ({exc}); "
-                                      "train one with `repliq train reward --kind preference`") from exc
-        out = cls(featurizer, float(manifest["config"]["l2"]))
-        if _featurizer_name(out.featurizer) != manifest["config"]["featurizer"]:
-            raise PreferenceDataError(f"{directory} was trained with featurizer {manifest['config']['featurizer']!r}, "
+            manifest = load_manifest(directory / MANIFEST_FILE, KIND)
+            model_bytes = (directory / MODEL_FILE).read_bytes()
+            model = json.loads(model_bytes)
+        except (ArtifactError, OSError, json.JSONDecodeError) as exc:
+            raise PreferenceDataError(f"{directory} is not a saved preference model this code reads ({exc}); "
+                                      f"train one with `{rebuild_command(KIND)}`") from exc
+        if sha256_bytes(model_bytes) != manifest.identity:
+            raise PreferenceDataError(f"{directory / MODEL_FILE} does not match its manifest hash (edited or damaged); "
+                                      f"train it again with `{rebuild_command(KIND)}`")
+        out = cls(featurizer, float(manifest.config["l2"]))
+        if _featurizer_name(out.featurizer) != manifest.config["featurizer"]:
+            raise PreferenceDataError(f"{directory} was trained with featurizer {manifest.config['featurizer']!r}, "
                                       f"not {_featurizer_name(out.featurizer)!r}; pass the same featurizer to load()")
         out.weights, out.mean, out.scale = (np.array(model[k], dtype=float) for k in ("weights", "mean", "scale"))
-        out.fit_info = manifest.get("fit", {})
+        out.fit_info = manifest.details.get("fit", {})
         return out
-
-
-def _versions(*packages: str) -> dict[str, str]:
-    found = {}
-    for package in packages:
-        try:
-            found[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            found[package] = "unknown"
-    return found
 
 
 def train_preference_model(pairs: Sequence[PreferencePair], out_dir: Path | None = None, held_out: float = 0.2,

@@ -21,18 +21,18 @@ import math
 import time
 import zlib
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy.stats import spearmanr
 
+from core.job_configs import ProxyConfig
 from core.text import word_tokens
 from core.types import Context
 from retriever.encoder_cache import cached
 from rl.artifacts import (
-    HEADS,
     Head,
     RewardModelError,
     check_encoder,
@@ -42,45 +42,14 @@ from rl.artifacts import (
     save_artifact,
     weights_digest,
 )
-from rl.teacher import DEFAULT_DEFINITION
 
 if TYPE_CHECKING:
     from core.config import Settings
     from retriever.encoder import Encoder
 
 KIND = "specificity-proxy"
-INPUTS = ("phrase", "pair", "lexical")
-LEXICAL = "lexical (no encoder)"
 HASH_DIM = 4096
 Example = str | tuple[Context, str]
-
-
-@dataclass(frozen=True)
-class ProxyConfig:
-    head: str = "mlp"
-    inputs: str = "phrase"
-    teacher: str = DEFAULT_DEFINITION
-    # Model-cache name of the LM whose scores were distilled (the teacher that judges RL runs).
-    teacher_lm: str = "gemma-3-270m"
-    members: int = 1
-    # Share of the training rows each ensemble member sees (a bootstrap-free subsample); 1.0 = all.
-    subsample: float = 0.8
-    held_out: float = 0.2
-    context_turns: int = 3
-    hidden: int = 256
-    epochs: int = 200
-    # Ridge penalty; None picks it by generalized cross-validation (rl.artifacts.fit_ridge).
-    l2: float | None = None
-
-    def validate(self) -> None:
-        if self.head not in HEADS:
-            raise ValueError(f"proxy head must be one of {HEADS}, got {self.head!r}")
-        if self.inputs not in INPUTS:
-            raise ValueError(f"proxy inputs must be one of {INPUTS}, got {self.inputs!r}")
-        if self.inputs == "lexical" and self.head != "ridge":
-            raise ValueError("lexical inputs take the ridge head (thousands of sparse columns)")
-        if self.members < 1 or not 0.0 < self.subsample <= 1.0 or not 0.0 <= self.held_out < 1.0:
-            raise ValueError(f"need members >= 1, 0 < subsample <= 1 and 0 <= held_out < 1; got {self}")
 
 
 def length_features(texts: Sequence[str]) -> np.ndarray:
@@ -281,7 +250,7 @@ def train_specificity_proxy(settings: Settings | None, texts_or_pairs: Sequence[
     if out_dir is not None:
         arrays = proxy.arrays()
         fingerprint = data_hash([[t.text for t in c.turns] for c in contexts] if contexts else None, texts, y)
-        identity = LEXICAL if encoder is None or config.inputs == "lexical" else encoder.identity
+        identity = None if encoder is None or config.inputs == "lexical" else encoder.identity
         proxy.manifest = save_artifact(Path(out_dir), KIND, arrays, config=asdict(config), encoder=identity,
                                        data_sha256=fingerprint, metrics=metrics)
     return proxy, metrics
@@ -291,7 +260,7 @@ def load_specificity_proxy(directory: Path, encoder: Encoder | None) -> ProxyEns
     """Load a saved proxy; refuses one trained on a different encoder than ``encoder`` (lexical proxies
     read no embeddings and load with any encoder, or none)."""
     manifest, arrays = load_artifact(Path(directory), KIND)
-    if encoder is not None and manifest.get("encoder") != LEXICAL:
+    if encoder is not None and "encoder" in manifest["lineage"]:  # lexical proxies read no embeddings
         check_encoder(manifest, encoder.identity, Path(directory))
     config = ProxyConfig(**manifest["config"])
     heads = [Head.from_arrays(config.head, arrays, f"m{k}_") for k in range(config.members)]

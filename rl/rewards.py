@@ -27,11 +27,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from core.job_configs import RewardConfig
 from core.types import Context
 from rl.standardize import RewardStandardizer
-
-FORMS = ("gated", "additive", "specificity_only")
-STANDARDIZE = ("pooled", "per_language")
 
 # (contexts, texts) -> (raw specificity, disagreement in raw units; zeros for a single model or the teacher)
 SpecificityFn = Callable[[Sequence[Context], Sequence[str]], tuple[np.ndarray, np.ndarray]]
@@ -39,26 +37,6 @@ SpecificityFn = Callable[[Sequence[Context], Sequence[str]], tuple[np.ndarray, n
 
 class RelevanceScorer(Protocol):
     def score(self, contexts: Sequence[Context], texts: Sequence[str]) -> np.ndarray: ...
-
-
-@dataclass(frozen=True)
-class RewardConfig:
-    form: str = "gated"
-    lam: float = 1.0
-    # What produced the specificity: "proxy" (the distilled ensemble) or "teacher" (the LM itself).
-    specificity: str = "proxy"
-    # "per_language": one specificity scale per language (rows must say their language); "pooled": one scale.
-    standardize: str = "per_language"
-
-    def validate(self) -> None:
-        if self.form not in FORMS:
-            raise ValueError(f"reward form must be one of {', '.join(FORMS)}, got {self.form!r}")
-        if not np.isfinite(self.lam) or self.lam < 0:
-            raise ValueError(f"reward λ must be a finite number >= 0, got {self.lam}")
-        if self.standardize not in STANDARDIZE:
-            raise ValueError(f"reward standardize must be one of {', '.join(STANDARDIZE)}, got {self.standardize!r}")
-        if self.specificity not in ("proxy", "teacher"):
-            raise ValueError(f"reward specificity must be 'proxy' or 'teacher', got {self.specificity!r}")
 
 
 @dataclass

@@ -34,6 +34,7 @@ import numpy as np
 from scipy.stats import rankdata, spearmanr
 
 from core.atomic import atomic_write_text
+from core.job_configs import DEFAULT_TEACHER
 from core.lm.bank_scores import ScoringBank as ScoringBankLike
 from core.lm.scoring import LMScore, ReplyScore, score_pairs, score_texts
 from core.lm.wrapper import AnyLM
@@ -53,7 +54,7 @@ CANDIDATES: dict[str, Callable[[ReplyScore], float]] = {
 CONDITIONAL = frozenset({"cond_surprisal", "cond_log_ppl", "pmi", "pmi_per_token", "pmi_fraction"})
 
 # The definition chosen by the study (see docs/rewards.md for the table and the reasons).
-DEFAULT_DEFINITION = "uncond_surprisal"
+DEFAULT_DEFINITION = DEFAULT_TEACHER  # declared with ProxyConfig, whose default it is
 
 
 def candidate_scores(scores: Sequence[ReplyScore]) -> dict[str, np.ndarray]:

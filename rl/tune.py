@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ import lightgbm as lgb
 import numpy as np
 
 from core.atomic import atomic_directory, atomic_write_json, atomic_write_text, sha256_bytes
+from core.job_configs import PolicyTuneConfig
 from rl.cem import CEMConfig, CEMState, LinearAdjustment, optimize_cem
 from rl.kl_control import make_kl_controller
 from rl.objective import Regularization, make_lgb_objective, objective_per_group
@@ -31,47 +32,10 @@ from rl.policy import Groups, policy_metrics
 
 EvalFn = Callable[[np.ndarray, Groups], float]
 Progress = Callable[[dict[str, float]], None]
-OPTIMIZERS = ("lgbm", "cem")
 
 
-@dataclass(frozen=True)
-class PolicyTuneConfig:
-    beta: float = 0.1
-    alpha: float = 0.0
-    rounds_per_iteration: int = 5
-    iterations: int = 10
-    learning_rate: float = 0.05
-    num_leaves: int = 15
-    min_data_in_leaf: int = 20
-    lambda_l2: float = 1.0
-    temperature: float = 1.0
-    target_kl: float | None = None
-    kl_horizon: float = 10.0
-    seed: int = 0
-    optimizer: str = "lgbm"
-    num_threads: int = 1
-    hess_floor: float = 1e-6
-    cem_population: int = 64
-    cem_elite: int = 8
-    cem_init_std: float = 0.5
-
-    def __post_init__(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if self.rounds_per_iteration < 1 or self.iterations < 0:
-            raise ValueError("rounds_per_iteration must be >= 1 and iterations >= 0")
-        if self.learning_rate <= 0 or self.num_leaves < 2:
-            raise ValueError("learning_rate must be positive and num_leaves >= 2")
-        Regularization(self.beta, self.alpha, self.temperature)  # validates the ranges
-        make_kl_controller(self.beta, self.target_kl, self.kl_horizon)
-        self.cem_config()
-
-    def cem_config(self) -> CEMConfig:
-        return CEMConfig(self.cem_population, self.cem_elite, self.cem_init_std, seed=self.seed)
-
-    def resume_key(self) -> dict[str, Any]:
-        """Settings that must match to continue a run; ``iterations`` may grow."""
-        return {k: v for k, v in asdict(self).items() if k != "iterations"}
+def cem_config(config: PolicyTuneConfig) -> CEMConfig:
+    return CEMConfig(config.cem_population, config.cem_elite, config.cem_init_std, seed=config.seed)
 
 
 @dataclass
@@ -226,7 +190,7 @@ def tune_policy(
             dev_scores = booster.predict(dev.X, raw_score=True)
         else:
             cem = optimize_cem(train, ctx.ref_train, train_rewards, reg, config.rounds_per_iteration,
-                               config.cem_config(), cem_state, scaler)
+                               cem_config(config), cem_state, scaler)
             cem_state, adjustment, scaler = cem.state, cem.adjustment, cem.adjustment.scaler
             train_scores = adjustment.scores(train.X, ctx.ref_train)
             dev_scores = adjustment.scores(dev.X, ctx.ref_dev)

@@ -7,7 +7,7 @@ slow conversion happens once per machine, not once per test run.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -37,11 +37,26 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return workspace
 
 
+def running_in_ci(environ: Mapping[str, str] | None = None) -> bool:
+    """CI services set ``CI`` (GitHub Actions, GitLab and others use ``true``)."""
+    value = (os.environ if environ is None else environ).get("CI", "")
+    return value.strip().lower() not in ("", "0", "false", "no")
+
+
+def require_shared_data(path: Path, environ: Mapping[str, str] | None = None) -> Path:
+    """``path`` when it is there; otherwise a skip on a developer machine and a failure in CI, which always
+    has the data beside the clone (a skip there would hide that the tests needing it never ran)."""
+    if not path.is_dir():
+        message = f"development data not found at {path} (expected beside the repository as ../shared/data)"
+        if running_in_ci(environ):
+            pytest.fail(message + "; CI must provide it", pytrace=False)
+        pytest.skip(message)
+    return path
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    if not SHARED_DATA.exists():
-        pytest.skip(f"development data not found at {SHARED_DATA}")
-    return SHARED_DATA
+    return require_shared_data(SHARED_DATA)
 
 
 @pytest.fixture(scope="module")

@@ -1,13 +1,16 @@
 """The bank a fresh install starts with, built only from data shipped in installed packages.
 
-Three sources, in order of trust: the hand-written starter set, chatterbot-corpus replies, and a filtered
-sample of chitchat-dataset replies. Earlier sources win on duplicates, so an editor's wording is never
-replaced by a crowd-sourced one. Each source is one all-or-nothing import.
+Four sources, in order of trust: the hand-written starter set, chatterbot-corpus replies, the curated
+Russian replies from Koziev's CC0 joke dialogues (``core/data/bank_ru.jsonl.xz``, made by
+``dialog.jobs.curate_ru``; provenance beside it), and a filtered sample of chitchat-dataset replies.
+Earlier sources win on duplicates, so an editor's wording is never replaced by a crowd-sourced one.
+Each source is one all-or-nothing import.
 """
 
 from __future__ import annotations
 
 import json
+import lzma
 import random
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -24,6 +27,8 @@ STARTER_FILES = ("starter_ru.jsonl", "starter_en.jsonl")
 CHATTERBOT_FOLDERS = {"ru": "russian", "en": "english", "uk": "ukrainian"}
 CHATTERBOT = {"source": "chatterbot-corpus", "license": "BSD-3-Clause"}
 CHITCHAT = {"source": "chitchat-dataset", "license": "MIT"}
+CURATED_RU_FILE = "bank_ru.jsonl.xz"
+CURATED_RU = {"source": "koziev-anekdot-dialogues", "license": "CC0-1.0", "language": "ru"}
 DEFAULT_SEED = 20240607
 WHO = "default-build"
 
@@ -181,6 +186,39 @@ def chatterbot_rows(data_dir: Path | None = None, languages: Iterable[str] = tup
     return rows, errors
 
 
+def curated_ru_rows(path: Path | None = None) -> list[PhraseRow]:
+    """The curated Russian phrases; a shipped file that is missing or broken stops the build, like the
+    starter set, because it is ours: its rows are never silently dropped."""
+    path = _data_file("core.data", CURATED_RU_FILE) if path is None else Path(path)
+    fix = "reinstall repliq, or rebuild it with `python -m dialog.jobs.curate_ru <koziev_anekdot_dialogues.tar.xz>`"
+    if not path.is_file():
+        raise BankError(f"curated Russian phrase file {path} is missing; {fix}")
+    try:
+        text = lzma.decompress(path.read_bytes()).decode("utf-8")
+    except (lzma.LZMAError, UnicodeDecodeError) as exc:
+        raise BankError(f"curated Russian phrase file {path} is not xz-compressed UTF-8 ({exc}); {fix}") from exc
+    rows: list[PhraseRow] = []
+    errors: list[RowError] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            errors.append(RowError(str(path), number, f"broken JSON: {exc.msg}"))
+            continue
+        if not isinstance(obj, dict) or not isinstance(obj.get("text"), str) or not obj["text"].strip():
+            errors.append(RowError(str(path), number, "expected an object with a non-empty string 'text'"))
+            continue
+        unknown = sorted(set(obj) - {"text", *CURATED_RU, "author"})
+        if unknown or any(obj.get(k, v) != v for k, v in CURATED_RU.items()):
+            errors.append(RowError(str(path), number, f"unexpected field(s) or value(s): {unknown or obj}"))
+            continue
+        rows.append(PhraseRow(text=obj["text"], author=str(obj.get("author", "")), **CURATED_RU))
+    _raise_on(errors, f"curated Russian phrase file {path}")
+    return rows
+
+
 def chitchat_rows(path: Path | None = None, limit: int = 8000, seed: int = DEFAULT_SEED) -> list[PhraseRow]:
     path = _data_file("chitchat_dataset", "dataset.json") if path is None else Path(path)
     return [PhraseRow(text=text, language="en", **CHITCHAT) for text in
@@ -195,6 +233,7 @@ def build_default_bank(
     starter_files: Sequence[Path] | None = None,
     chatterbot_dir: Path | None = None,
     chitchat_path: Path | None = None,
+    curated_ru_path: Path | None = None,
     seed: int = DEFAULT_SEED,
 ) -> dict[str, int]:
     """Fill ``bank`` from the shipped sources; returns how many phrases each source added.
@@ -205,6 +244,7 @@ def build_default_bank(
     stages: list[tuple[str, Callable[[], tuple[list[PhraseRow], list[RowError]]]]] = [
         ("starter", lambda: (starter_rows(starter_files), [])),
         ("chatterbot-corpus", lambda: chatterbot_rows(chatterbot_dir)),
+        ("koziev-anekdot-dialogues", lambda: (curated_ru_rows(curated_ru_path), [])),
     ]
     if chitchat_limit > 0:
         stages.append(("chitchat-dataset", lambda: (chitchat_rows(chitchat_path, chitchat_limit, seed), [])))

@@ -18,6 +18,7 @@ from typing import NamedTuple, Protocol
 import yaml
 
 from core.atomic import atomic_write_text
+from core.user_files import UserFileError, decode_user_bytes
 
 FIELDS = ("text", "language", "tags", "status", "source", "license", "author")
 FORMATS = ("csv", "jsonl", "yaml")
@@ -279,10 +280,9 @@ def read_phrases(
     except OSError as exc:
         return [], [RowError(str(path), 0, f"cannot read file: {exc.strerror or exc}")]
     try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        return [], [RowError(str(path), line, "not valid UTF-8; re-save the file as UTF-8")]
+        text = decode_user_bytes(data, path)
+    except UserFileError as exc:
+        return [], [RowError(exc.source, exc.line, exc.reason)]
     return _READERS[kind](text, str(path), merged)
 
 

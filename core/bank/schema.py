@@ -17,7 +17,10 @@ from datetime import UTC, datetime
 
 from core.text import SUPPORTED_LANGUAGES, normalize_text
 
-STATUSES = ("draft", "approved", "retired")
+# The review workflow (draft -> in_review -> approved | rejected) arrived with migration 3; only approved
+# phrases are ever indexed or served.
+STATUSES = ("draft", "in_review", "approved", "rejected", "retired")
+ROLES = ("viewer", "editor", "reviewer", "admin")
 EDITABLE = ("text", "language", "tags", "status", "source", "license", "author")
 MAX_TEXT_CHARS = 1000
 MAX_TAG_CHARS = 64
@@ -76,6 +79,10 @@ class DuplicatePhrase(BankError):
             f"#{existing_id} instead of adding a copy."
         )
         self.existing_id = existing_id
+
+
+class EditConflict(BankError):
+    """A save based on an older version of the phrase: someone else changed it in between."""
 
 
 class PhraseNotFound(BankError, KeyError):
@@ -206,7 +213,76 @@ def _lm_scores(conn: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_phrases_and_history, _lm_scores)
+_PHRASES_V3 = """CREATE TABLE phrases (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    text TEXT NOT NULL,
+    language TEXT NOT NULL,
+    tags TEXT NOT NULL DEFAULT '[]',
+    status TEXT NOT NULL CHECK (status IN ('draft', 'in_review', 'approved', 'rejected', 'retired')),
+    source TEXT NOT NULL,
+    license TEXT NOT NULL DEFAULT '',
+    author TEXT NOT NULL DEFAULT '',
+    created TEXT NOT NULL,
+    updated TEXT NOT NULL,
+    version INTEGER NOT NULL DEFAULT 1
+)"""
+
+
+def _review_and_users(conn: sqlite3.Connection) -> None:
+    """Review statuses, editor users, their sessions and an audit log of account changes.
+
+    SQLite cannot alter a CHECK constraint, so the phrases table is rebuilt: rows go to a temporary copy
+    and come back with their ids. ``history`` references ``phrases``; deferring foreign keys to COMMIT
+    lets the parent rows be absent for the moment the table is recreated (the check still runs then).
+    The reviewer's comment on a transition is the ``why`` of its history row, so reviews need no table.
+    """
+    conn.execute("PRAGMA defer_foreign_keys = ON")
+    sequence = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'phrases'").fetchone()
+    conn.execute("CREATE TEMP TABLE phrases_v2 AS SELECT * FROM phrases")
+    conn.execute("DROP TABLE phrases")
+    conn.execute(_PHRASES_V3)
+    conn.execute("INSERT INTO phrases SELECT * FROM phrases_v2")
+    conn.execute("DROP TABLE phrases_v2")
+    if sequence is not None:
+        conn.execute("UPDATE sqlite_sequence SET seq = MAX(seq, ?) WHERE name = 'phrases'", (sequence[0],))
+    conn.execute("CREATE UNIQUE INDEX phrases_language_text ON phrases (language, text)")
+    conn.execute("CREATE INDEX phrases_status ON phrases (status, language)")
+    # The editor lists newest first under one filter: these let SQLite walk the index instead of sorting.
+    for column in ("status", "language", "source"):
+        conn.execute(f"CREATE INDEX phrases_{column}_id ON phrases ({column}, id)")
+    conn.execute(
+        """CREATE TABLE users (
+            name TEXT PRIMARY KEY,
+            password TEXT NOT NULL,
+            role TEXT NOT NULL CHECK (role IN ('viewer', 'editor', 'reviewer', 'admin')),
+            disabled INTEGER NOT NULL DEFAULT 0,
+            created TEXT NOT NULL
+        )"""
+    )
+    # Mutations that are not phrase changes (accounts, roles) are recorded here, as phrase changes are in history.
+    conn.execute(
+        """CREATE TABLE audit (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            who TEXT NOT NULL,
+            at TEXT NOT NULL,
+            action TEXT NOT NULL,
+            target TEXT NOT NULL,
+            detail TEXT NOT NULL DEFAULT ''
+        )"""
+    )
+    # Only a hash of the session token is stored: a copy of the database does not log anyone in.
+    conn.execute(
+        """CREATE TABLE sessions (
+            token_sha256 TEXT PRIMARY KEY,
+            user TEXT NOT NULL REFERENCES users (name),
+            csrf TEXT NOT NULL,
+            created TEXT NOT NULL,
+            expires TEXT NOT NULL
+        )"""
+    )
+
+
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_phrases_and_history, _lm_scores, _review_and_users)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
+from core.atomic import create_private
 from core.bank.formats import Origin, PhraseRow, RowError, read_phrases, write_phrases
 from core.bank.schema import (
     EDITABLE,
@@ -24,6 +25,7 @@ from core.bank.schema import (
     STATUSES,
     BankError,
     DuplicatePhrase,
+    EditConflict,
     HistoryEntry,
     Phrase,
     PhraseNotFound,
@@ -39,8 +41,8 @@ from core.text import normalize_text
 
 # The bank's public API lives here; the data types and field rules are defined in schema.py.
 __all__ = [
-    "MAX_TEXT_CHARS", "STATUSES", "BankError", "DuplicatePhrase", "HistoryEntry", "ImportReport", "Phrase",
-    "PhraseBank", "PhraseNotFound", "PhraseRow", "RowError", "SchemaError",
+    "MAX_TEXT_CHARS", "STATUSES", "BankError", "DuplicatePhrase", "EditConflict", "HistoryEntry", "ImportReport",
+    "Phrase", "PhraseBank", "PhraseNotFound", "PhraseRow", "RowError", "SchemaError",
 ]
 
 _COLUMNS = "id, text, language, tags, status, source, license, author, created, updated, version"
@@ -81,6 +83,11 @@ def _phrase(row: Sequence) -> Phrase:
     return Phrase(row[0], row[1], row[2], tuple(json.loads(row[3])), *row[4:])
 
 
+def _like_escape(text: str) -> str:
+    """``text`` as a literal inside a LIKE pattern with ``ESCAPE '\\'``."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
 def _json(data: dict | None) -> str | None:
     return None if data is None else json.dumps(data, ensure_ascii=False, sort_keys=True)
 
@@ -90,8 +97,7 @@ class PhraseBank:
     an editor's write (WAL) and writers from other processes are waited for (busy timeout)."""
 
     def __init__(self, path: Path, *, timeout_s: float = 30.0) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = create_private(Path(path))  # editors' password hashes and sessions live here: 0600
         self._timeout_s = timeout_s
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
@@ -207,7 +213,10 @@ class PhraseBank:
             self._refuse_duplicate(conn, str(fields["text"]), str(fields["language"]))
             return self._insert(conn, fields, who, why, _now())
 
-    def update(self, phrase_id: int, *, who: str, why: str = "", **changes: object) -> Phrase:
+    def update(self, phrase_id: int, *, who: str, why: str = "", expected_version: int | None = None,
+               **changes: object) -> Phrase:
+        """Change editable fields. With ``expected_version`` (the version the editor started from) a
+        save over someone else's newer change is refused with who made it and when, never lost."""
         unknown = sorted(set(changes) - set(EDITABLE))
         if unknown:
             raise BankError(f"cannot change {', '.join(unknown)}; editable fields are {', '.join(EDITABLE)}")
@@ -215,6 +224,11 @@ class PhraseBank:
         who, why = clean_who(who), clean_label("why", why)
         with self._transaction() as conn:
             before = self._get(conn, phrase_id)
+            if expected_version is not None and before.version != expected_version:
+                last = conn.execute("SELECT who, at FROM history WHERE phrase_id = ? ORDER BY id DESC LIMIT 1",
+                                    (phrase_id,)).fetchone() or ("?", before.updated)
+                raise EditConflict(f"phrase #{phrase_id} was changed by {last[0]} at {last[1]} (now version "
+                                   f"{before.version}, you edited version {expected_version}); reload")
             changed = {name: value for name, value in cleaned.items() if getattr(before, name) != value}
             if not changed:
                 return before
@@ -254,6 +268,39 @@ class PhraseBank:
             query += " AND language = ?"
             params.append(clean_language(language))
         return [_phrase(row) for row in self._connection().execute(query + " ORDER BY id", params)]
+
+    def search(self, *, text: str = "", language: str = "", status: str = "", source: str = "", tag: str = "",
+               ids: Sequence[int] | None = None, offset: int = 0, limit: int = 50) -> tuple[list[Phrase], int]:
+        """One page of phrases matching every given filter (newest first) and the total match count.
+
+        ``text`` is a case-insensitive substring; ``ids`` restricts to (and orders by) given ids, as a
+        search by meaning returns them. All values are bound parameters, never spliced into the SQL.
+        """
+        if ids is not None and not ids:
+            return [], 0
+        where, params = ["1 = 1"], []
+        for column, value in (("language", language), ("status", status), ("source", source)):
+            if value:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if text:
+            where.append("text LIKE ? ESCAPE '\\'")
+            params.append(f"%{_like_escape(normalize_text(text))}%")
+        if tag:  # the LIKE on the stored JSON is a cheap prefilter; json_each makes the match exact
+            tag = normalize_text(tag).lower()
+            where.append("tags LIKE ? ESCAPE '\\' AND EXISTS (SELECT 1 FROM json_each(phrases.tags) WHERE value = ?)")
+            params.extend([f"%{_like_escape(json.dumps(tag, ensure_ascii=False))}%", tag])
+        order = "id DESC"
+        if ids is not None:
+            where.append(f"id IN ({', '.join('?' * len(ids)) or 'NULL'})")
+            params.extend(int(i) for i in ids)
+            order = "CASE id " + " ".join(f"WHEN {int(i)} THEN {rank}" for rank, i in enumerate(ids)) + " END"
+        clause = " AND ".join(where)
+        with self._transaction("DEFERRED") as conn:
+            total = int(conn.execute(f"SELECT COUNT(*) FROM phrases WHERE {clause}", params).fetchone()[0])
+            rows = conn.execute(f"SELECT {_COLUMNS} FROM phrases WHERE {clause} ORDER BY {order} LIMIT ? OFFSET ?",
+                                [*params, max(0, int(limit)), max(0, int(offset))]).fetchall()
+        return [_phrase(row) for row in rows], total
 
     def changed_since(self, revision: int) -> list[int]:
         rows = self._connection().execute(

@@ -183,6 +183,27 @@ def score_pairs(
     return [ReplyScore(scores[i], given[i]) for i in range(len(replies))]
 
 
+def score_continuations(lm: AnyLM, prompts: Sequence[str], continuations: Sequence[str], batch_size: int = 16,
+                        max_prompt_tokens: int | None = None) -> list[LMScore]:
+    """``log p(continuation | BOS + prompt)`` over the continuation tokens, for prompts the caller built
+    (demonstrations before the dialogue, ``core.lm.prompts``). A prompt over ``max_prompt_tokens`` keeps
+    its last whole tokens; fit it by whole turns first (``core.lm.prompts.fit_prompt``)."""
+    if len(prompts) != len(continuations):
+        raise ValueError(f"got {len(prompts)} prompts for {len(continuations)} continuations")
+    _check_texts(continuations, "continuations")
+    if not isinstance(lm, DecoderLM):
+        return [NAN_SCORE] * len(prompts)
+    encoded: dict[str, list[int]] = {}
+    items: list[_Item] = []
+    for prompt, continuation in zip(prompts, continuations, strict=True):
+        if prompt not in encoded:
+            ids = lm.encode(prompt)
+            encoded[prompt] = ids[-max_prompt_tokens:] if max_prompt_tokens else ids
+        prefix = [lm.bos_id, *encoded[prompt]]
+        items.append(_Item([*prefix, *lm.encode(continuation)], len(prefix)))
+    return _score_items(lm, items, batch_size)
+
+
 def score_replies(
     lm: AnyLM, context: Context, replies: Sequence[str], language: str,
     unconditional: Sequence[LMScore] | None = None, batch_size: int = 16, context_turns: int = 3,

@@ -143,3 +143,18 @@ def list_models(models_dir: Path) -> list[ModelInfo]:
     ]
 
 
+
+
+def cached_encoders(models_dir: Path) -> list[Path]:
+    """Every encoder in the cache, packaged or trained into it (``repliq train retriever``): what
+    ``repliq models prepare`` exports to ONNX. Directories whose manifest cannot be read are skipped."""
+    found = []
+    for path in sorted(Path(models_dir).iterdir()) if Path(models_dir).is_dir() else []:
+        if path.name.startswith(".") or not (path / MANIFEST_NAME).is_file():
+            continue
+        try:
+            if ModelManifest.load(path).kind == "encoder":
+                found.append(path)
+        except (OSError, ValueError, TypeError):
+            continue
+    return found

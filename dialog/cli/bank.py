@@ -11,8 +11,11 @@ import getpass
 import json
 import sys
 
-from core.bank.store import STATUSES, PhraseBank
+from core.bank.store import STATUSES
 from core.config import Settings
+from core.job_configs import BankScoreConfig
+from dialog.cli import editor
+from dialog.jobs.common import open_bank
 
 FORMATS = ("csv", "jsonl", "yaml")
 
@@ -77,6 +80,17 @@ def register(commands: argparse._SubParsersAction) -> None:
     _add_who(add)
     add.set_defaults(func=run_add)
 
+    register_changes(sub)
+    register_score(sub)
+
+    history = sub.add_parser("history", help="the change history of one phrase, or of the whole bank")
+    history.add_argument("id", type=int, nargs="?")
+    history.add_argument("--limit", type=int, default=20)
+    history.set_defaults(func=run_history)
+    editor.register_bank_lint(sub)  # `repliq bank lint` lives with the editor tools
+
+
+def register_changes(sub: argparse._SubParsersAction) -> None:
     edit = sub.add_parser("edit", help="change a phrase's text, tags or status")
     edit.add_argument("id", type=int)
     edit.add_argument("--text")
@@ -93,27 +107,18 @@ def register(commands: argparse._SubParsersAction) -> None:
         _add_who(cmd)
         cmd.set_defaults(func=run_set_status, status=status)
 
+
+def register_score(sub: argparse._SubParsersAction) -> None:
+    defaults = BankScoreConfig()
     score = sub.add_parser(
         "score", help="score every approved phrase with the LM (resumable; only changed phrases are rescored)",
         description="Stores unconditional log-probabilities per phrase version and LM in the bank. "
         "Safe to interrupt: each batch is committed, and a rerun continues where it stopped.")
     score.add_argument("--lm", help="LM name or directory (default: [lm] name from the config)")
     score.add_argument("--dtype", choices=("auto", "fp32", "bf16", "int8"), help="default: [lm] dtype from the config")
-    score.add_argument("--batch-size", type=int, default=32)
-    score.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
+    score.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    score.add_argument("--threads", type=int, default=defaults.threads, help="torch threads (default: all cores)")
     score.set_defaults(func=run_score)
-
-    history = sub.add_parser("history", help="the change history of one phrase, or of the whole bank")
-    history.add_argument("id", type=int, nargs="?")
-    history.add_argument("--limit", type=int, default=20)
-    history.set_defaults(func=run_history)
-
-
-def open_bank(settings: Settings, create: bool = False) -> PhraseBank:
-    if not create and not settings.bank_path.exists():
-        raise FileNotFoundError(f"no phrase bank at {settings.bank_path}; run `repliq bank init --default` first")
-    settings.home.mkdir(parents=True, exist_ok=True)
-    return PhraseBank(settings.bank_path)
 
 
 def run_init(args: argparse.Namespace, settings: Settings) -> int:
@@ -192,14 +197,10 @@ def run_set_status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_score(args: argparse.Namespace, settings: Settings) -> int:
-    from core.lm.bank_scores import score_bank
-    from core.lm.wrapper import DecoderLM, LMOptions
+    from dialog.jobs.bank_score import bank_score
 
-    options = LMOptions(dtype=args.dtype or settings.lm.dtype, threads=args.threads or None)
-    lm = DecoderLM.from_cache(args.lm or settings.lm.name, settings.models_dir, options)
-    with open_bank(settings) as bank:
-        report = score_bank(bank, lm, batch_size=args.batch_size, progress=True)
-    print(report.summary())
+    config = BankScoreConfig(lm=args.lm, dtype=args.dtype, batch_size=args.batch_size, threads=args.threads)
+    print(bank_score(settings, config).summary())
     return 0
 
 

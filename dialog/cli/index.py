@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import json
+from typing import TYPE_CHECKING
 
 from core.config import Settings
+from core.job_configs import IndexBuildConfig
+
+if TYPE_CHECKING:
+    from retriever.bank_index import UpdateReport
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -18,24 +24,15 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     build.add_argument("--full", action="store_true", help="rebuild from scratch instead of updating")
     build.add_argument("--encoder", help="encoder name or local model directory (overrides the config)")
+    build.add_argument("--json", action="store_true", help="print the result as one JSON object")
     build.set_defaults(func=run_build)
 
 
 def run_build(args: argparse.Namespace, settings: Settings) -> int:
-    from dataclasses import replace
-
     from tqdm import tqdm
 
-    from core.bank.store import PhraseBank
-    from retriever.bank_index import build_index, update_index
-    from retriever.encoder import Encoder
+    from dialog.jobs.index_build import index_build
 
-    if args.encoder:
-        settings = replace(settings, encoder=replace(settings.encoder, name=args.encoder))
-    if not settings.bank_path.exists():
-        raise FileNotFoundError(f"no phrase bank at {settings.bank_path}; run `repliq bank init --default` first")
-    bank = PhraseBank(settings.bank_path)
-    encoder = Encoder.from_config(settings)
     bar = tqdm(desc="encoding", unit="phrase")
 
     def progress(done: int, total: int) -> None:
@@ -44,15 +41,36 @@ def run_build(args: argparse.Namespace, settings: Settings) -> int:
         bar.refresh()
 
     try:
-        if args.full:
-            manifest = build_index(bank, encoder, settings, progress=progress)
-            bar.close()
-            print(f"built index: {manifest.counts} phrases, encoder {encoder.identity}, "
-                  f"bank revision {manifest.bank_revision}")
-        else:
-            report = update_index(bank, encoder, settings, progress=progress)
-            bar.close()
-            print(f"index up to date: {report}")
+        report = index_build(settings, IndexBuildConfig(full=args.full, encoder=args.encoder), progress=progress)
     finally:
-        bank.close()
+        bar.close()
+    print(json.dumps(report_json(report), ensure_ascii=False) if args.json else summary(report))
     return 0
+
+
+def report_json(report: UpdateReport) -> dict[str, object]:
+    manifest = report.manifest
+    return {"full_rebuild": report.full_rebuild, "reason": report.reason, "added": report.added,
+            "edited": report.edited, "removed": report.removed, "unchanged": report.unchanged,
+            "seconds": round(report.seconds, 3), "phrases": manifest.total, "counts": dict(manifest.counts),
+            "encoder": manifest.encoder_identity, "bank_revision": manifest.bank_revision,
+            "snapshot": manifest.snapshot, "checksum": manifest.checksum}
+
+
+def summary(report: UpdateReport) -> str:
+    """Two or three short lines: what changed, what is served now, and why a full build happened."""
+    manifest = report.manifest
+    counts = ", ".join(f"{n} {language}" for language, n in sorted(manifest.counts.items()))
+    served = f"{manifest.total} phrases ({counts or 'none'})"
+    if report.full_rebuild:
+        head = f"index: full build, {served} in {report.seconds:.1f} s"
+    elif report.reason == "up to date":
+        head = f"index up to date: {served}"
+    else:
+        head = (f"index updated: {report.added} added, {report.edited} edited, {report.removed} removed, "
+                f"{report.unchanged} unchanged; now {served} in {report.seconds:.1f} s")
+    lines = [head, f"  encoder {manifest.encoder_identity}, bank revision {manifest.bank_revision}, "
+                   f"snapshot {manifest.snapshot}"]
+    if report.full_rebuild and report.reason != "--full":
+        lines.append(f"  why a full build: {report.reason.split('; run `')[0]}")
+    return "\n".join(lines)

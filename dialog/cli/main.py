@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from core.config import ConfigError, Settings, load_settings
-from dialog.cli import bank, index, models, rl, serve, ssa, train
+from dialog.cli import artifacts, bank, editor, index, models, prompts, rl, serve, ssa, train
 
 
 class UserError(Exception):
@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (models, bank, index, serve, ssa, train, rl):
+    for module in (models, bank, index, serve, ssa, train, rl, editor, artifacts, prompts):
         module.register(commands)
     return parser
 
@@ -71,6 +71,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except user_errors() as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"repliq: error: {message}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        from core.atomic import is_storage_full
+
+        if not is_storage_full(exc):
+            raise
+        home = args.home or os.environ.get("REPLIQ_HOME", ".repliq")
+        print(f"repliq: error: the disk is full (or failing) while writing under {home}: {exc}. The previous state "
+              "is intact (every write is all-or-nothing); free some space and run the command again", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

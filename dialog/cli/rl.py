@@ -4,28 +4,39 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from core.config import Settings
+from core.job_configs import STANDARDIZE, EvalRankingConfig, RLRunConfig
 
 
 def register(commands: argparse._SubParsersAction) -> None:
+    register_tune(commands)
+    register_eval(commands)
+
+
+def register_tune(commands: argparse._SubParsersAction) -> None:
+    run = RLRunConfig()
     parser = commands.add_parser("rl", help="RL tuning of the blender toward sensible and specific replies")
     sub = parser.add_subparsers(dest="rl_command", metavar="ACTION", required=True)
     tune = sub.add_parser("tune", help="tune the blender as a policy (needs the blender, proxy and relevance models)")
-    tune.add_argument("--betas", type=float, nargs="+", default=[0.05, 0.2, 1.0, 3.0], help="KL coefficients to sweep")
-    tune.add_argument("--beta", type=float, default=None,
+    tune.add_argument("--betas", type=float, nargs="+", default=list(run.betas), help="KL coefficients to sweep")
+    tune.add_argument("--beta", type=float, default=run.main_beta,
                       help="the β whose policy is saved as blender-rl (default: the most specific one whose dev "
                            "R@1 stays within --max-r1-drop of the supervised blender)")
-    tune.add_argument("--max-r1-drop", type=float, default=0.02,
-                      help="relevance guard for choosing β: allowed fall in dev R@1 (default 0.02)")
-    tune.add_argument("--alpha", type=float, default=0.02, help="entropy bonus")
-    tune.add_argument("--iterations", type=int, default=4)
-    tune.add_argument("--standardize", choices=("per_language", "pooled"), default="per_language",
+    tune.add_argument("--max-r1-drop", type=float, default=run.max_r_at_1_drop,
+                      help=f"relevance guard for choosing β: allowed fall in dev R@1 (default {run.max_r_at_1_drop})")
+    tune.add_argument("--alpha", type=float, default=run.policy.alpha, help="entropy bonus")
+    tune.add_argument("--iterations", type=int, default=run.policy.iterations)
+    tune.add_argument("--standardize", choices=STANDARDIZE, default=run.reward.standardize,
                       help="specificity reward scale: one per language (default) or one pooled over all")
     tune.add_argument("--out", type=Path, help="run directory (default: <home>/artifacts/rl-run)")
     tune.set_defaults(func=run_tune)
 
+
+def register_eval(commands: argparse._SubParsersAction) -> None:
+    defaults = EvalRankingConfig()
     ev = commands.add_parser("eval", help="evaluate rankers")
     ev_sub = ev.add_subparsers(dest="eval_command", metavar="WHAT", required=True)
     ranking = ev_sub.add_parser("ranking", help="R@1/10, R@1/100, MRR, bank recall@10: BM25, bi-encoders, blender")
@@ -34,20 +45,24 @@ def register(commands: argparse._SubParsersAction) -> None:
     ranking.add_argument("--russian", type=Path, help="Russian dialogues (.tar.xz); dev hash split is used")
     ranking.add_argument("--corpus", type=Path, action="append", default=[], help="a JSONL dialogue file")
     ranking.add_argument("--encoder", action="append", default=[], help="encoder names/paths to compare")
-    ranking.add_argument("--contexts", type=int, default=300, help="contexts per dataset")
+    ranking.add_argument("--contexts", type=int, default=defaults.contexts, help="contexts per dataset")
     ranking.add_argument("--out", type=Path, help="report directory (default: <home>/artifacts/eval)")
     which = ranking.add_mutually_exclusive_group()
     which.add_argument("--blender", type=Path, help="blender directory to score (default: the workspace blender)")
     which.add_argument("--no-blender", action="store_true", help="leave the blender out")
     ranking.set_defaults(func=run_eval)
+    from dialog.cli.offpolicy import register_offpolicy
+
+    register_offpolicy(ev_sub)
 
 
 def run_tune(args: argparse.Namespace, settings: Settings) -> int:
-    from dialog.jobs.rl_tune import RLRunConfig, run_rl_tune
-    from rl.rewards import RewardConfig
+    from dialog.jobs.rl_tune import run_rl_tune
 
-    config = RLRunConfig(betas=tuple(args.betas), main_beta=args.beta, alpha=args.alpha, iterations=args.iterations,
-                         max_r_at_1_drop=args.max_r1_drop, reward=RewardConfig(standardize=args.standardize))
+    run = RLRunConfig()
+    config = replace(run, betas=tuple(args.betas), main_beta=args.beta, max_r_at_1_drop=args.max_r1_drop,
+                     policy=replace(run.policy, alpha=args.alpha, iterations=args.iterations),
+                     reward=replace(run.reward, standardize=args.standardize))
     report = run_rl_tune(settings, config, args.out, progress=lambda row: print(json.dumps(row)))
     print(json.dumps({"reference": report["reference"], "selection": report["selection"], "targets": report["targets"],
                       "tuned_blender": report["tuned_blender"]}, indent=2))
@@ -55,31 +70,12 @@ def run_tune(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_eval(args: argparse.Namespace, settings: Settings) -> int:
-    from dialog.jobs.eval_ranking import ranking_scorers, write_blender_importance
-    from ranker.evaluation import (
-        evaluate_ranking,
-        jsonl_datasets,
-        ranking_table,
-        russian_dataset,
-        topicalchat_dataset,
-        write_report,
-    )
+    from dialog.jobs.eval_ranking import eval_ranking
+    from ranker.evaluation import ranking_table
 
-    datasets = []
-    if args.topicalchat:
-        datasets.append(topicalchat_dataset(args.topicalchat, n_contexts=args.contexts))
-    if args.russian:
-        datasets.append(russian_dataset(args.russian, n_contexts=args.contexts))
-    for path in args.corpus:
-        datasets += jsonl_datasets(path, n_contexts=args.contexts)
-    if not datasets:
-        raise ValueError("no evaluation data: give --topicalchat, --russian or --corpus")
-    scorers, blender = ranking_scorers(settings, args.encoder or [settings.encoder.name], args.blender,
-                                       use_blender=not args.no_blender)
-    report = evaluate_ranking(datasets, scorers, say=print)
-    out = args.out or settings.artifacts_dir / "eval"
-    write_report(report, out)
-    if blender is not None:
-        write_blender_importance(blender, out)
+    config = EvalRankingConfig(topicalchat=args.topicalchat, russian=args.russian, corpora=list(args.corpus),
+                               encoders=list(args.encoder), contexts=args.contexts, blender=args.blender,
+                               use_blender=not args.no_blender, out=args.out)
+    report = eval_ranking(settings, config, say=print)
     print(ranking_table(report))
     return 0

@@ -34,7 +34,9 @@ def _add_request_flags(parser: argparse.ArgumentParser) -> None:
 def register(commands: argparse._SubParsersAction) -> None:
     serve = commands.add_parser("serve", help="run the gRPC server (SIGTERM drains requests in flight)")
     _add_endpoint(serve, serving=True)
-    serve.add_argument("--workers", type=int, default=None, help="gRPC thread pool size")
+    serve.add_argument("--workers", type=int, default=None, help="requests that run at once (more wait in the queue)")
+    serve.add_argument("--metrics-port", type=int, default=None,
+                       help="serve Prometheus metrics on http://HOST:PORT/metrics (default: from config; 0 = off)")
     serve.set_defaults(func=run_serve)
 
     ask = commands.add_parser("ask", help="send one message to a running server and print the answer")
@@ -58,6 +60,8 @@ def _server_settings(args: argparse.Namespace, settings: Settings) -> Settings:
     changes = {key: value for key, value in (("host", args.host), ("port", args.port)) if value is not None}
     if getattr(args, "workers", None):
         changes["max_workers"] = args.workers
+    if getattr(args, "metrics_port", None) is not None:
+        changes["metrics_port"] = args.metrics_port
     return replace(settings, server=replace(settings.server, **changes))
 
 
@@ -67,11 +71,25 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
 
     settings = _server_settings(args, settings)
     assembled = build_pipeline(settings)
-    running = start_server(assembled.pipeline, settings.server, settings.retrieval.top_k)
+    from dialog.serving.feedback import build_serving_loop
+
+    loop = build_serving_loop(settings, assembled.pipeline.reranker)
+    running = start_server(assembled.pipeline, settings.server, settings.retrieval.top_k, loop=loop,
+                           home=settings.home)
     print(f"repliq serving on {settings.server.host}:{running.port}", file=sys.stderr, flush=True)
+    exporter = None
+    if settings.server.metrics_port:
+        from dialog.serving.metrics import start_metrics
+
+        exporter = start_metrics(settings.server.host, settings.server.metrics_port)
+        print(f"metrics on http://{settings.server.host}:{exporter.port}/metrics", file=sys.stderr, flush=True)
     try:
         serve_forever(running, settings.server.drain_grace_s)
     finally:
+        if exporter is not None:
+            exporter.close()
+        if loop is not None:
+            loop.close()
         assembled.close()
     return 0
 

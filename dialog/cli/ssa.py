@@ -27,8 +27,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     sub = parser.add_subparsers(dest="ssa_command", metavar="ACTION", required=True)
 
     export = sub.add_parser("export", help="run systems on trusted contexts and write rater tasks")
-    export.add_argument("--contexts", type=Path, required=True, help="JSONL of contexts (see docs/labeling.md)")
-    export.add_argument("--system", action="append", required=True, metavar="NAME=CONFIG",
+    export.add_argument("--contexts", type=Path, help="JSONL of contexts (see docs/labeling.md)")
+    export.add_argument("--from-logs", type=Path, metavar="DIR",
+                        help="sample served turns from decision logs instead of --contexts/--system "
+                             "(stratified by language and serving policy; docs/offpolicy.md)")
+    export.add_argument("--per-stratum", type=int, default=100,
+                        help="with --from-logs: turns per (language, policy) stratum (default 100)")
+    export.add_argument("--system", action="append", metavar="NAME=CONFIG",
                         help="a system: NAME=path/to/config.toml, or NAME=current for the active config "
                              "(repeat for each system)")
     export.add_argument("--format", choices=FORMATS, default="jsonl", help="task file format (default jsonl)")
@@ -95,6 +100,10 @@ def _responder(spec: str, settings: Settings) -> tuple[str, Callable[[Context], 
 def run_export(args: argparse.Namespace, settings: Settings) -> int:
     from dialog.labeling import export_pairwise, export_pointwise
 
+    if args.from_logs is not None:
+        return _export_from_logs(args)
+    if args.contexts is None or not args.system:
+        raise ValueError("ssa export needs --contexts FILE and --system NAME=CONFIG, or --from-logs DIR")
     systems = dict(_responder(spec, settings) for spec in args.system)
     common = dict(fmt=args.format, overlap=args.overlap, honeypot_rate=args.honeypot_rate if args.honeypots else 0.0,
                   honeypots=args.honeypots, blind=not args.no_blind, seed=args.seed)
@@ -151,5 +160,17 @@ def run_preferences(args: argparse.Namespace, settings: Settings) -> int:
     from dialog.labeling import export_preferences
 
     summary = export_preferences(_store(settings), args.export, args.key, args.out)
+    print(json.dumps(summary, ensure_ascii=False, indent=2, default=str))
+    return 0
+
+
+def _export_from_logs(args: argparse.Namespace) -> int:
+    from dialog.labeling.from_logs import export_from_logs
+
+    if args.contexts is not None or args.system or args.pairwise:
+        raise ValueError("--from-logs exports served turns pointwise; drop --contexts, --system and --pairwise")
+    summary = export_from_logs(args.from_logs, args.out, per_stratum=args.per_stratum, fmt=args.format,
+                               overlap=args.overlap, honeypot_rate=args.honeypot_rate if args.honeypots else 0.0,
+                               honeypots=args.honeypots, blind=not args.no_blind, seed=args.seed)
     print(json.dumps(summary, ensure_ascii=False, indent=2, default=str))
     return 0

@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.blocklist import Blocklist, packaged_blocklists
 from core.text import detect_language, normalize_text, word_tokens
 from core.types import Context
-from ranker.features.blocklist import Blocklist, packaged_blocklists
 
 EMPTY = "empty"
 TOO_SHORT = "too_short"

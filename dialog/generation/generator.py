@@ -4,6 +4,11 @@ The request deadline is a hard wall: sampling runs on a worker thread in small b
 publishes its replies as soon as it finishes, and the caller takes whatever is there at the deadline
 without waiting a moment longer. A clock check inside the sampling loop makes the worker stop at
 the next token after the deadline, so abandoned work does not keep the CPU busy.
+
+With a prompt retriever (UPRISE, ``retriever.prompt_retriever``) the prompt starts with K retrieved
+demonstrations, the best one nearest the dialogue, fitted to the token budget by whole turns
+(``core.lm.prompts.fit_prompt``). When none is usable (no retriever, an empty pool for the language)
+the prompt is zero-shot and each candidate's ``stage_scores`` say so (``explain``).
 """
 
 from __future__ import annotations
@@ -13,41 +18,41 @@ import math
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from core.lm.prompts import END_OF_TURN, prompt_format
+from core.config import GenerationConfig
+from core.lm.prompts import END_OF_TURN, fit_prompt, prompt_format
 from core.lm.wrapper import AnyLM, DecoderLM, NullLM
 from core.types import SOURCE_GENERATED, Candidate, Context
 from dialog.generation.filters import ReplyFilter
+from retriever.prompt_pool import Demonstration
 
 log = logging.getLogger(__name__)
 
 # Time kept back from the deadline for filtering and building candidates after the worker is left.
 RETURN_MARGIN_S = 0.01
 
+__all__ = ["DemonstrationSource", "GenerationConfig", "LMGenerator", "PromptPlan", "Sample"]
 
-@dataclass
-class GenerationConfig:
-    n_candidates: int = 4
-    # Replies sampled per model call; small batches mean something is ready early.
-    samples_per_call: int = 2
-    temperature: float = 0.8
-    top_p: float = 0.95
-    top_k: int = 50
-    max_new_tokens: int = 32
-    context_turns: int = 3
-    max_context_tokens: int = 256
-    # Replies cut by max_new_tokens (no end of turn) are usually unfinished sentences.
-    keep_truncated: bool = False
 
-    def validate(self) -> None:
-        for name in ("n_candidates", "samples_per_call", "max_new_tokens", "max_context_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"generation {name} must be at least 1, got {getattr(self, name)}")
-        if self.temperature <= 0:
-            raise ValueError(f"generation temperature must be positive, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"generation top_p must be in (0, 1], got {self.top_p}")
+class DemonstrationSource(Protocol):
+    """Retrieves demonstrations for a dialogue, best first (``retriever.prompt_retriever.PromptRetriever``)."""
+
+    def retrieve(self, context: Context, language: str, k: int) -> list[Demonstration]: ...
+
+
+@dataclass(frozen=True)
+class PromptPlan:
+    ids: list[int]  # BOS + prompt tokens
+    demonstrations: int  # how many are in the prompt after fitting
+    retrieved: int  # how many the retriever returned
+    fallback: str  # why the prompt is zero-shot although demonstrations were asked for ("" if not)
+
+
+def context_length(lm: DecoderLM) -> int | None:
+    """The LM's maximum sequence length, when its config states one."""
+    value = getattr(lm.model.config.get_text_config(), "max_position_embeddings", None)
+    return int(value) if isinstance(value, int) and value > 0 else None
 
 
 @dataclass(frozen=True)
@@ -82,7 +87,8 @@ class LMGenerator:
     name = SOURCE_GENERATED
 
     def __init__(self, lm: AnyLM, config: GenerationConfig | None = None,
-                 reply_filter: ReplyFilter | None = None) -> None:
+                 reply_filter: ReplyFilter | None = None, prompts: DemonstrationSource | None = None,
+                 prompts_ref: str = "") -> None:
         if isinstance(lm, NullLM):
             lm.require("reply generation")
         assert isinstance(lm, DecoderLM)
@@ -90,19 +96,54 @@ class LMGenerator:
         self.config = config or GenerationConfig()
         self.config.validate()
         self.filter = reply_filter or ReplyFilter()
+        self.prompts, self.prompts_ref = prompts, prompts_ref
 
     @property
     def version(self) -> str:
-        return self.lm.lm_id
+        return f"{self.lm.lm_id}+{self.prompts_ref}" if self.prompts is not None and self.prompts_ref else self.lm.lm_id
+
+    def prompt_budget(self) -> int:
+        """Prompt tokens allowed: the configured budget, within the LM's length minus the reply's room."""
+        limit = context_length(self.lm)
+        budget = self.config.max_context_tokens
+        return max(1, min(budget, limit - self.config.max_new_tokens - 1)) if limit else budget
+
+    def plan(self, context: Context, language: str) -> PromptPlan:
+        """The prompt: retrieved demonstrations (when asked for and found), then the dialogue."""
+        k = self.config.demonstrations
+        demos: list[Demonstration] = []
+        fallback = ""
+        if k > 0 and self.prompts is None:
+            fallback = "no prompt retriever"
+        elif k > 0:
+            assert self.prompts is not None
+            try:
+                demos = self.prompts.retrieve(context, language, k)
+                fallback = "" if demos else f"no demonstrations for language {language!r}"
+            except Exception as exc:  # the request still gets a zero-shot reply and its bank candidates
+                log.exception("prompt retrieval failed")
+                fallback = f"prompt retrieval failed ({type(exc).__name__})"
+        room = max(1, self.prompt_budget() - 1)  # one token goes to BOS
+        fitted = fit_prompt(prompt_format(language), [(d.as_context(), d.reply) for d in reversed(demos)], context,
+                            self.config.context_turns, room, lambda t: len(self.lm.encode(t)))
+        if demos and not fitted.demonstrations:
+            fallback = "demonstrations did not fit the prompt budget"
+        # Over budget only when the one turn being answered is longer than the budget: keep its last tokens.
+        ids = [self.lm.bos_id, *self.lm.encode(fitted.text)[-room:]]
+        return PromptPlan(ids, fitted.demonstrations, len(demos), fallback)
 
     def candidates(self, context: Context, language: str, k: int, deadline: float) -> list[Candidate]:
         if k < 1 or time.monotonic() >= deadline - RETURN_MARGIN_S:
             return []
-        samples = self.sample(context, language, deadline)
+        plan = self.plan(context, language)
+        if plan.fallback:
+            log.info("generation prompt is zero-shot: %s", plan.fallback)
+        samples = self.sample_prompt(plan.ids, deadline)
         verdict = self.filter.apply([s.text for s in samples], context, language)
+        explain = {"demonstrations": float(plan.demonstrations), "zero_shot_fallback": float(bool(plan.fallback))}
         found = [
             Candidate(text=samples[i].text, source=SOURCE_GENERATED, language=language, phrase_id=None,
-                      score=samples[i].mean_logprob, stage_scores={"gen_logprob": samples[i].mean_logprob})
+                      score=samples[i].mean_logprob, stage_scores={"gen_logprob": samples[i].mean_logprob, **explain})
             for i in verdict.kept
         ]
         if verdict.dropped:
@@ -111,9 +152,9 @@ class LMGenerator:
 
     def sample(self, context: Context, language: str, deadline: float) -> list[Sample]:
         """Usable samples finished before the deadline (unfinished ones only with ``keep_truncated``)."""
-        fmt = prompt_format(language)
-        prompt = fmt.dialogue_prompt(context, self.config.context_turns)
-        prompt_ids = [self.lm.bos_id, *self.lm.encode(prompt)[-self.config.max_context_tokens:]]
+        return self.sample_prompt(self.plan(context, language).ids, deadline)
+
+    def sample_prompt(self, prompt_ids: list[int], deadline: float) -> list[Sample]:
         results: list[Sample] = []
         lock, cancel = threading.Lock(), threading.Event()
         # Not a daemon: interpreter exit waits the one token step it takes the worker to see ``cancel``,

@@ -8,18 +8,29 @@ bi-encoder row of its own encoder encode each text once.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from core.atomic import atomic_write_bytes
 from core.config import Settings
+from core.job_configs import EvalRankingConfig
 from core.models.registry import resolve
-from ranker.blender import MANIFEST_NAME, Blender, BlenderMismatchError
+from ranker.blender import MANIFEST_NAME, Blender, BlenderMismatchError, read_blender_manifest
 from ranker.blender_scorer import BlenderScorer
 from ranker.eval_plots import feature_importance_png
-from ranker.evaluation import BiEncoderScorer, BM25Scorer, Scorer
+from ranker.evaluation import (
+    BiEncoderScorer,
+    BM25Scorer,
+    Scorer,
+    evaluate_ranking,
+    jsonl_datasets,
+    russian_dataset,
+    topicalchat_dataset,
+    write_report,
+)
+from retriever.adapter import AdaptedEncoder, adapter_identity
 from retriever.encoder import Encoder
 from retriever.encoder_cache import CachingEncoder
 from rl.blender_setup import SPECIFICITY_DIR, load_blender
@@ -36,13 +47,23 @@ def ranking_scorers(settings: Settings, encoder_names: Sequence[str], blender_di
     encoders = {name: CachingEncoder(Encoder(resolve(name, settings.models_dir))) for name in encoder_names}
     scorers: list[Scorer] = [BM25Scorer()]
     scorers += [BiEncoderScorer(encoder, name=Path(name).name) for name, encoder in encoders.items()]
+    # The workspace encoder as serving runs it: with its query adapter (workspace or shipped) when it has one,
+    # as a row of its own beside the plain encoder.
+    served_encoder = Encoder.from_config(settings)
+    plain = encoders.get(settings.encoder.name)
+    if isinstance(served_encoder, AdaptedEncoder) and plain is not None:
+        # Same passages as the plain row: read them through its cache instead of encoding them twice.
+        served_encoder = AdaptedEncoder(plain, served_encoder.adapter)
+    served = CachingEncoder(served_encoder)
+    if adapter_identity(served) != "none":
+        scorers.append(BiEncoderScorer(served, name=f"{Path(settings.encoder.name).name}+adapter"))
     if not use_blender:
         return scorers, None
     if blender_dir is not None:
         settings = replace(settings, ranker=replace(settings.ranker, blender=str(blender_dir)))
     # One cache for the bi-encoder row, the blender's retrieval cosines and its annotators (turn windows,
     # specificity proxy), so each text is encoded once however many of them read it.
-    shared = encoders.get(settings.encoder.name) or CachingEncoder(Encoder.from_config(settings))
+    shared = plain if plain is not None and adapter_identity(served) == "none" else served
     blender = load_blender(settings, shared)
     if blender is None:
         say("no trained blender in this workspace (`repliq train blender`); evaluating without it")
@@ -68,11 +89,10 @@ def settings_for_blender(settings: Settings, directory: Path) -> Settings:
     identity (``model_id@weights-hash``), the context window is the recorded one, and a specificity
     proxy, if the blender used one, is looked for beside it. ``load_blender`` then checks every one.
     """
-    manifest_path = Path(directory) / MANIFEST_NAME
-    if not manifest_path.is_file():
+    if not (Path(directory) / MANIFEST_NAME).is_file():
         raise FileNotFoundError(f"{directory} holds no trained blender ({MANIFEST_NAME} missing); "
                                 "give the directory `repliq train blender` wrote")
-    resources = json.loads(manifest_path.read_text(encoding="utf-8")).get("resources", {})
+    resources = read_blender_manifest(Path(directory)).resources
     if "@" not in resources.get("encoder", ""):
         raise BlenderMismatchError(f"{directory} does not record the encoder it was trained with; "
                                    "run `repliq train blender` to retrain it")
@@ -85,3 +105,25 @@ def settings_for_blender(settings: Settings, directory: Path) -> Settings:
                           context_turns=int(resources.get("context_turns", settings.retrieval.context_turns))),
         ranker=replace(settings.ranker, blender=str(directory), specificity=str(proxy) if wants_proxy else "none"),
     )
+
+
+def eval_ranking(settings: Settings, config: EvalRankingConfig,
+                 say: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Every scorer on every dataset; writes the report (and the blender's feature importance) to ``out``."""
+    datasets = []
+    if config.topicalchat:
+        datasets.append(topicalchat_dataset(config.topicalchat, n_contexts=config.contexts))
+    if config.russian:
+        datasets.append(russian_dataset(config.russian, n_contexts=config.contexts))
+    for path in config.corpora:
+        datasets += jsonl_datasets(path, n_contexts=config.contexts)
+    if not datasets:
+        raise ValueError("no evaluation data: give --topicalchat, --russian or --corpus")
+    scorers, blender = ranking_scorers(settings, config.encoders or [settings.encoder.name], config.blender,
+                                       use_blender=config.use_blender)
+    report = evaluate_ranking(datasets, scorers, say=say)
+    out = config.out or settings.artifacts_dir / "eval"
+    write_report(report, out)
+    if blender is not None:
+        write_blender_importance(blender, out)
+    return report

@@ -16,6 +16,7 @@ from xml.sax.saxutils import quoteattr
 
 from core.atomic import atomic_write_json, atomic_write_text
 from core.types import Context
+from core.user_files import UserFileError, read_user_text
 from dialog.labeling.tasks import FIVE_POINT, POINTWISE, LabelingError, RowProblem, Task, turns_to_json
 
 FORMATS = ("jsonl", "toloka", "labelstudio")
@@ -126,7 +127,10 @@ def read_answers(path: Path, fmt: str, rater_field: str | None = None) -> tuple[
     if not path.is_file():
         raise LabelingError(f"answers file {path} not found")
     field_name = rater_field or DEFAULT_RATER_FIELD[fmt]
-    text = path.read_text(encoding="utf-8-sig")
+    try:
+        text = read_user_text(path)
+    except UserFileError as exc:
+        raise LabelingError(f"nothing imported: {exc}") from exc
     if fmt == "jsonl":
         return (*_read_jsonl(text, path.name, field_name), 0)
     if fmt == "toloka":
@@ -222,7 +226,8 @@ def _read_labelstudio(text: str, source: str, rater_field: str) -> tuple[list[Ra
             for k, res in enumerate(ann.get("result", [])):
                 if not isinstance(res, dict) or res.get("type") != "choices":
                     continue  # comments or other controls a team may add
-                choices = (res.get("value") or {}).get("choices")
+                value = res.get("value")
+                choices = value.get("choices") if isinstance(value, dict) else None
                 name = res.get("from_name")
                 if not isinstance(choices, list) or len(choices) != 1 or name in values:
                     problems.append(RowProblem(source, f"{where}.result[{k}]",

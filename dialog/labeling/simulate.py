@@ -160,7 +160,8 @@ def demo_setup(n_contexts: int = 30) -> tuple[dict[str, Context], dict[str, Any]
 
 def demo(work_dir: Path, store: Any, fmt: str = "jsonl", mode: str = POINTWISE, seed: int = 0) -> dict[str, Any]:
     """The whole loop on toy data: five careful raters and one careless one (caught by honeypots)."""
-    from dialog.labeling import build_report, export_pairwise, export_pointwise, import_labels
+    from dialog.labeling.report import build_report
+    from dialog.labeling.workflow import export_pairwise, export_pointwise, import_labels
 
     work_dir = Path(work_dir)
     contexts, systems, truth, point_pots, pair_pots = demo_setup()

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from core.atomic import create_private
 from core.config import default_home
 from dialog.labeling.formats import FIVE_POINT_LABELS, RawAnswer
 from dialog.labeling.tasks import CHOICE_SCORES, POINTWISE, ExportInfo, LabelingError, RowProblem
@@ -152,8 +153,7 @@ class LabelStore:
     """SQLite in WAL mode, so a report can read while an import writes."""
 
     def __init__(self, path: Path | None = None) -> None:
-        self.path = Path(path) if path is not None else default_labels_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = create_private(Path(path) if path is not None else default_labels_path())  # raters' ids: 0600
         self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA foreign_keys=ON")

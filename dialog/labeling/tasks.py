@@ -6,16 +6,21 @@ here touches the platform formats (``formats.py``) or the labels database (``sto
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
+import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
 from typing import Any
 
+from core.artifacts import COMMON_KEYS, ArtifactManifest, check_declared, package_versions
 from core.atomic import sha256_json
 from core.types import Context, Turn
+from core.user_files import UserFileError, loads_user_json, read_user_text
+from dialog.labeling.errors import LabelingError, RowProblem
 
 POINTWISE = "pointwise"
 PAIRWISE = "pairwise"
@@ -26,29 +31,6 @@ CHOICE_SCORES: dict[str, dict[str, int]] = {
     FIVE_POINT: {"a_much_better": 2, "a_better": 1, "same": 0, "b_better": -1, "b_much_better": -2},
     BINARY: {"a": 1, "b": -1},
 }
-_MAX_PROBLEMS_SHOWN = 40
-
-
-@dataclass(frozen=True)
-class RowProblem:
-    source: str
-    where: str
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.source}: {self.where}: {self.reason}"
-
-
-class LabelingError(ValueError):
-    """Bad labeling input. ``problems`` lists every bad row so a whole file can be fixed in one pass."""
-
-    def __init__(self, message: str, problems: Sequence[RowProblem] = ()) -> None:
-        self.problems = list(problems)
-        lines = [message]
-        lines += [f"  {p}" for p in self.problems[:_MAX_PROBLEMS_SHOWN]]
-        if len(self.problems) > _MAX_PROBLEMS_SHOWN:
-            lines.append(f"  ... and {len(self.problems) - _MAX_PROBLEMS_SHOWN} more")
-        super().__init__("\n".join(lines))
 
 
 @dataclass(frozen=True)
@@ -97,6 +79,7 @@ class BuiltTasks:
     task_systems: dict[str, list[str]]
     swapped: dict[str, bool] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    round_id: str = ""
 
 
 def turns_to_json(context: Context) -> list[dict[str, str]]:
@@ -120,8 +103,12 @@ def _jsonl_objects(path: Path) -> tuple[list[tuple[int, dict[str, Any]]], list[R
     path = Path(path)
     if not path.is_file():
         raise LabelingError(f"{path} does not exist or is not a file")
+    try:
+        text = read_user_text(path)
+    except UserFileError as exc:
+        raise LabelingError(str(exc)) from exc
     rows, problems = [], []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -202,12 +189,15 @@ def read_honeypots(path: Path) -> list[Honeypot]:
     return honeypots
 
 
-def _task_ids(rng: random.Random, n: int) -> list[str]:
-    """Random ids, so neither the order nor the id tells a rater which tasks are controls."""
+def _task_ids(rng: random.Random, n: int, round_id: str) -> list[str]:
+    """Random ids, so neither the order nor the id tells a rater which tasks are controls. Salted with the
+    round id: a second round over the same contexts and seed gets its own ids, so its answers neither
+    collide with the first round's in the label store nor pass for them."""
     ids: set[str] = set()
     while len(ids) < n:
         ids.add(f"t{rng.getrandbits(64):016x}")
-    return rng.sample(sorted(ids), n)
+    drawn = rng.sample(sorted(ids), n)
+    return [f"t{hashlib.sha256(f'{round_id}:{t}'.encode()).hexdigest()[:16]}" if round_id else t for t in drawn]
 
 
 def _pick_honeypots(pool: Sequence[Honeypot], n_items: int, rate: float, rng: random.Random,
@@ -239,8 +229,11 @@ def opaque_system_ids(names: Sequence[str], seed: int, blind: bool) -> dict[str,
 
 def build_tasks(contexts: Mapping[str, Context], responses: Mapping[str, Mapping[str, str]], mode: str,
                 honeypots: Sequence[Honeypot], honeypot_rate: float, seed: int,
-                system_ids: Mapping[str, str]) -> BuiltTasks:
+                system_ids: Mapping[str, str], round_id: str | None = None) -> BuiltTasks:
     """``responses[context_id][system_name]`` -> shuffled tasks with honeypots mixed in.
+
+    Order, sides and honeypot placement follow ``seed``; task ids also depend on ``round_id`` (fresh and
+    random unless given; the manifest records it, so passing it back rebuilds the export exactly).
 
     Pointwise: identical replies from several systems share one task (raters are not asked twice).
     Pairwise: every pair of systems per context, sides drawn at random; identical replies are skipped.
@@ -274,8 +267,9 @@ def build_tasks(contexts: Mapping[str, Context], responses: Mapping[str, Mapping
     if not items:
         raise LabelingError("nothing to label: every pair of systems gave identical replies to every context")
     picked = _pick_honeypots(honeypots, len(items), honeypot_rate, rng, warnings)
-    ids = _task_ids(rng, len(items) + len(picked))
-    built = BuiltTasks([], dict(contexts), {}, warnings=warnings)
+    round_id = secrets.token_hex(8) if round_id is None else round_id
+    ids = _task_ids(rng, len(items) + len(picked), round_id)
+    built = BuiltTasks([], dict(contexts), {}, warnings=warnings, round_id=round_id)
     for task_id, (cid, texts, systems, swap) in zip(ids, items, strict=False):
         built.tasks.append(Task(task_id, cid, texts))
         built.task_systems[task_id] = systems
@@ -296,21 +290,23 @@ def build_tasks(contexts: Mapping[str, Context], responses: Mapping[str, Mapping
     return built
 
 
+_POINTWISE_HINTS = {(False, False): "This reply does not make sense in this dialogue.",
+                    (True, False): "This reply makes sense but would fit almost any dialogue, so it is not specific.",
+                    (True, True): "This reply makes sense and is specific to this dialogue."}
+
+
 def _default_hint(mode: str, golden: Mapping[str, Any]) -> str:
     if mode == PAIRWISE:
         return f"Reply {golden['better'].upper()} is clearly better here."
-    if not golden["sensible"]:
-        return "This reply does not make sense in this dialogue."
-    if not golden["specific"]:
-        return "This reply makes sense but would fit almost any dialogue, so it is not specific."
-    return "This reply makes sense and is specific to this dialogue."
+    return _POINTWISE_HINTS[(bool(golden["sensible"]), bool(golden["sensible"] and golden["specific"]))]
 
 
 MANIFEST_NAME = "manifest.json"
 KEY_NAME = "key.json"
 _SCHEMA = "repliq.ssa-export/1"
-# Written next to the hashed body: the hash itself, advice, and upload-file digests added after writing.
-_UNHASHED = ("hash", "export_id", "warnings", "files")
+BATCH_KIND = "labeling-batch"
+# Beside the hashed body: its hash, advice, upload-file digests added after writing, the artifact fields.
+_UNHASHED = ("hash", "export_id", "warnings", "files", *COMMON_KEYS)
 
 
 @dataclass
@@ -343,7 +339,7 @@ def manifest_json(built: BuiltTasks, mode: str, scale: str | None, overlap: int,
                   blind: bool, honeypot_rate: float) -> dict[str, Any]:
     body = {
         "schema": _SCHEMA, "mode": mode, "scale": scale, "overlap": overlap, "seed": seed, "format": fmt,
-        "blind": blind, "honeypot_rate": honeypot_rate,
+        "blind": blind, "honeypot_rate": honeypot_rate, "round": built.round_id,
         "task_ids": [t.task_id for t in built.tasks],
         "tasks": {t.task_id: t.to_json() for t in built.tasks},
         "contexts": {cid: turns_to_json(c) for cid, c in built.contexts.items()},
@@ -353,7 +349,9 @@ def manifest_json(built: BuiltTasks, mode: str, scale: str | None, overlap: int,
                    "systems": len({s for ids in built.task_systems.values() for s in ids})},
     }
     digest = sha256_json(body)
-    return {**body, "hash": digest, "export_id": digest[:16], "warnings": list(built.warnings)}
+    rest = {**body, "hash": digest, "export_id": digest[:16], "warnings": list(built.warnings)}
+    return ArtifactManifest(BATCH_KIND, digest, {k: body[k] for k in ("mode", "scale", "overlap", "seed", "blind")},
+                            sha256_json(body["contexts"]), versions=package_versions("repliq"), details=rest).to_json()
 
 
 def key_json(built: BuiltTasks, system_ids: Mapping[str, str], export_id: str) -> dict[str, Any]:
@@ -366,15 +364,17 @@ def _read_json(path: Path, what: str) -> Any:
     if not path.is_file():
         raise LabelingError(f"{path} not found: is this the directory `repliq ssa export` wrote ({what})?")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise LabelingError(f"{path} is not valid JSON ({exc}); restore it from the original export") from exc
+        return loads_user_json(read_user_text(path), path)
+    except UserFileError as exc:
+        raise LabelingError(f"{exc.source}: line {exc.line}: damaged ({exc.reason}); restore it from the original "
+                            "export") from exc
 
 
 def load_export(export_dir: Path) -> ExportInfo:
     path = Path(export_dir) / MANIFEST_NAME
     obj = _read_json(path, "the export manifest")
     body = {k: v for k, v in obj.items() if k not in _UNHASHED} if isinstance(obj, dict) else {}
+    check_declared(obj, BATCH_KIND, path)  # exports from before the artifact contract declare no kind
     if body.get("schema") != _SCHEMA or sha256_json(body) != obj.get("hash"):
         raise LabelingError(f"{path} was edited or is not a repliq SSA export manifest (hash mismatch); "
                             "labels can only be checked against the manifest exactly as exported")

@@ -12,8 +12,11 @@ from repliq.v1 import chat_pb2, chat_pb2_grpc
 
 
 class ChatClient:
-    def __init__(self, host: str = "127.0.0.1", port: int = 50051, timeout_s: float = 10.0) -> None:
-        self.channel = grpc.insecure_channel(f"{host}:{port}")
+    def __init__(self, host: str = "127.0.0.1", port: int = 50051, timeout_s: float = 10.0,
+                 credentials: grpc.ChannelCredentials | None = None) -> None:
+        """``credentials`` (``dialog.serving.tls.channel_credentials``) for a TLS server; None is plaintext."""
+        target = f"{host}:{port}"
+        self.channel = grpc.secure_channel(target, credentials) if credentials else grpc.insecure_channel(target)
         self.stub = chat_pb2_grpc.ChatStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
         self.timeout_s = timeout_s
@@ -29,6 +32,7 @@ class ChatClient:
         session_id: str = "",
         timeout_s: float | None = None,
     ) -> chat_pb2.RespondResponse:
+        _check_unicode(turns, language, session_id)
         request = chat_pb2.RespondRequest(
             turns=[chat_pb2.Turn(speaker=speaker, text=text) for speaker, text in turns],
             top_k=top_k, language=language, explain=explain, session_id=session_id,
@@ -58,3 +62,18 @@ class ChatClient:
 
     def close(self) -> None:
         self.channel.close()
+
+
+def _check_unicode(turns: list[tuple[str, str]], language: str, session_id: str) -> None:
+    """Protobuf strings are UTF-8, which cannot carry a lone surrogate (text decoded with
+    ``surrogateescape``, or cut from a UTF-16 string); name the field instead of a bare codec error."""
+    named = [("language", language), ("session_id", session_id)]
+    for i, (speaker, text) in enumerate(turns):
+        named += [(f"turns[{i}].speaker", speaker), (f"turns[{i}].text", text)]
+    for name, value in named:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"{name} holds a lone surrogate (U+{ord(value[exc.start]):04X}) at position {exc.start}, "
+                             "which a protobuf string cannot carry; decode the text properly or drop that character"
+                             ) from None

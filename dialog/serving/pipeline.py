@@ -8,10 +8,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
+from core.hygiene import HygieneFilter, Removal
 from core.text import detect_language
 from core.types import SOURCE_BANK, Candidate, CandidateSource, Context, Reranker
+from dialog.serving import metrics
+from dialog.serving.encoding import RequestEncoder
+from dialog.serving.exploration import Decision, Explorer
+from retriever.microbatch import DeadlineExpired
 
 
 @dataclass
@@ -31,6 +37,17 @@ class PipelineResult:
     candidates: list[Candidate]
     language: str
     versions: dict[str, str] = field(default_factory=dict)
+    # Candidates the hygiene filter took out (echoes of the last turns); filled only with ``explain``.
+    removed: list[Removal] = field(default_factory=list)
+    # The exploration draw (pool, propensities, served index) when an explorer is set (decision logging).
+    decision: Decision | None = None
+
+
+def _check_deadline(deadline: float, stage: str) -> None:
+    """Work for a request whose deadline has passed is dropped, not done late: nobody waits for it."""
+    if time.monotonic() >= deadline:
+        metrics.EXPIRED.labels(stage).inc()
+        raise DeadlineExpired(f"the deadline passed before {stage} started")
 
 
 def reply_language(context: Context, hint: str = "") -> str:
@@ -63,6 +80,7 @@ class Pipeline:
         optional_sources: Sequence[CandidateSource] = (),
         optional_enabled: bool = False,
         versions: dict[str, str] | None = None,
+        hygiene: HygieneFilter | None = None,
     ) -> None:
         if not sources:
             raise ValueError("a pipeline needs at least one candidate source")
@@ -72,22 +90,34 @@ class Pipeline:
         self.reranker = reranker
         self.pool_k = pool_k
         self.versions = dict(versions or {})
+        # Set by serving when decisions are logged: draws the served answer and records its propensities.
+        self.explorer: Explorer | None = None
+        # Always on: no configuration makes echoing the user a good answer (core.hygiene).
+        self.hygiene = hygiene or HygieneFilter()
+        # Set by serving: encodes a request's query windows in one call; None encodes as each stage asks.
+        self.query_encoder: RequestEncoder | None = None
 
     def respond(self, request: PipelineRequest) -> PipelineResult:
         language = reply_language(request.context, request.language_hint)
         use_optional = self.optional_enabled if request.generate is None else request.generate
         active = self.sources + (self.optional_sources if use_optional else [])
         pool: list[Candidate] = []
-        for source in active:
-            if time.monotonic() >= request.deadline:
-                break
-            pool.extend(source.candidates(request.context, language, self.pool_k, request.deadline))
-        if self.reranker is not None and pool:
-            ranked = self.reranker.rerank(request.context, pool, explain=request.explain)
-        else:
-            ranked = bank_first(pool, request.top_k)
+        scope = self.query_encoder.scope(request.context, request.deadline) if self.query_encoder else nullcontext()
+        with scope:  # every query window of the request encoded in one call (dialog/serving/encoding.py)
+            for source in active:
+                _check_deadline(request.deadline, source.name)
+                with metrics.stage("search" if source.name == SOURCE_BANK else "generation"):
+                    pool.extend(source.candidates(request.context, language, self.pool_k, request.deadline))
+            pool, removed = self.hygiene.split(request.context, pool)
+            if self.reranker is not None and pool:
+                _check_deadline(request.deadline, "rerank")
+                ranked = self.reranker.rerank(request.context, pool, explain=request.explain)
+            else:
+                ranked = bank_first(pool, request.top_k)
+        decision = self.explorer.choose(ranked) if self.explorer is not None else None
         if not request.explain:
             for candidate in ranked:
                 candidate.stage_scores = {}
                 candidate.contributions = {}
-        return PipelineResult(ranked[: request.top_k], language, dict(self.versions))
+        return PipelineResult(ranked[: request.top_k], language, dict(self.versions),
+                              removed if request.explain else [], decision=decision)

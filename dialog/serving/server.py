@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from concurrent import futures
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -20,9 +21,13 @@ from grpc_reflection.v1alpha import reflection
 
 from core import __version__
 from core.config import ServerConfig
+from dialog.serving.admission import Admission, executor_threads, guarded
+from dialog.serving.feedback import ServingLoop, feedback_rpc
 from dialog.serving.logs import log_event
 from dialog.serving.pipeline import Pipeline, PipelineRequest
+from dialog.serving.tls import add_port
 from dialog.serving.validation import InvalidRequest, validate_request
+from dialog.serving.wire import add_chat_service
 from repliq.v1 import chat_pb2, chat_pb2_grpc
 
 CHAT_SERVICE = chat_pb2.DESCRIPTOR.services_by_name["Chat"].full_name
@@ -30,11 +35,19 @@ log = logging.getLogger("repliq.server")
 
 
 class ChatService(chat_pb2_grpc.ChatServicer):
-    def __init__(self, pipeline: Pipeline, limits: ServerConfig, default_top_k: int) -> None:
+    def __init__(self, pipeline: Pipeline, limits: ServerConfig, default_top_k: int,
+                 loop: ServingLoop | None = None) -> None:
         self.pipeline = pipeline
         self.limits = limits
         self.default_top_k = default_top_k
+        # At most max_workers requests run the pipeline and max_queue wait; more are refused at once.
+        self.admission = Admission(limits.max_workers, limits.max_queue, limits.max_queue_wait_ms / 1000)
+        # Decision logging, exploration and Feedback (dialog.serving.feedback); None when not configured.
+        self.loop = loop
+        if loop is not None:
+            pipeline.explorer = loop.explorer
 
+    @guarded("Respond")
     def Respond(
         self, request: chat_pb2.RespondRequest, context: grpc.ServicerContext
     ) -> chat_pb2.RespondResponse:
@@ -46,7 +59,7 @@ class ChatService(chat_pb2_grpc.ChatServicer):
         try:
             dialogue = validate_request(request, self.limits)
         except InvalidRequest as exc:
-            log_event(log, "rejected", logging.WARNING, **fields, code="INVALID_ARGUMENT", error=str(exc))
+            log_event(log, "rejected", logging.WARNING, **fields, code="INVALID_ARGUMENT", error=exc.loggable)
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         remaining = context.time_remaining()
         budget = self.limits.default_timeout_s if remaining is None else min(remaining, 3600.0)
@@ -70,7 +83,7 @@ class ChatService(chat_pb2_grpc.ChatServicer):
             request_id=request_id,
             versions=chat_pb2.Versions(server=__version__, **{
                 key: value for key, value in result.versions.items()
-                if key in ("encoder", "bank", "index", "ranker", "generator")
+                if key in ("encoder", "bank", "index", "ranker", "generator", "adapter")
             }),
         )
         for candidate in result.candidates:
@@ -88,11 +101,17 @@ class ChatService(chat_pb2_grpc.ChatServicer):
                     for name, value in candidate.contributions.items()
                 ],
             )
+        if self.loop is not None:
+            self.loop.record(request_id, request.session_id, dialogue, result.language, result.decision,
+                             {"server": __version__, **result.versions})
         log_event(
             log, "ok", **fields, code="OK", language=result.language, candidates=len(result.candidates),
             latency_ms=round((time.monotonic() - started) * 1000, 2),
         )
         return reply
+
+    def Feedback(self, request: chat_pb2.FeedbackRequest, context: grpc.ServicerContext) -> chat_pb2.FeedbackResponse:
+        return feedback_rpc(self.loop, request, context)
 
 
 class RunningServer:
@@ -109,27 +128,31 @@ class RunningServer:
         self.server.stop(grace).wait()
 
 
-def start_server(pipeline: Pipeline, config: ServerConfig, default_top_k: int) -> RunningServer:
+def start_server(pipeline: Pipeline, config: ServerConfig, default_top_k: int,
+                 loop: ServingLoop | None = None, home: Path | None = None) -> RunningServer:
+    """``home`` resolves relative TLS file paths of ``config``."""
     options = [
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),
         ("grpc.so_reuseport", 0),
     ]
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.max_workers), options=options)
-    chat_pb2_grpc.add_ChatServicer_to_server(ChatService(pipeline, config, default_top_k), server)
+    threads = executor_threads(config.max_workers, config.max_queue)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads), options=options)
+    add_chat_service(ChatService(pipeline, config, default_top_k, loop), server)  # bad bytes: INVALID_ARGUMENT
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (CHAT_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
         server,
     )
-    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    port, transport = add_port(server, config, home)  # TLS when [server] tls_cert/tls_key are set
     if port == 0:
         raise OSError(f"cannot listen on {config.host}:{config.port}; is another server running there?")
     server.start()
     for service in ("", CHAT_SERVICE):
         health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    log_event(log, "serving", host=config.host, port=port, workers=config.max_workers)
+    log_event(log, "serving", host=config.host, port=port, workers=config.max_workers, queue=config.max_queue,
+              threads=threads, transport=transport)
     return RunningServer(server, health_servicer, port)
 
 

@@ -9,7 +9,12 @@ from repliq.v1 import chat_pb2
 
 
 class InvalidRequest(ValueError):
-    """Maps to gRPC INVALID_ARGUMENT; the message is shown to the caller as is."""
+    """Maps to gRPC INVALID_ARGUMENT; the message is shown to the caller as is. ``loggable`` is the same
+    without anything the caller typed (the server log never holds user text)."""
+
+    def __init__(self, message: str, loggable: str | None = None) -> None:
+        super().__init__(message)
+        self.loggable = message if loggable is None else loggable
 
 
 def validate_request(request: chat_pb2.RespondRequest, limits: ServerConfig) -> Context:
@@ -30,8 +35,7 @@ def validate_request(request: chat_pb2.RespondRequest, limits: ServerConfig) -> 
     if request.top_k < 0 or request.top_k > limits.max_top_k:
         raise InvalidRequest(f"top_k must be between 0 (server default) and {limits.max_top_k}")
     if request.language and request.language not in SUPPORTED_LANGUAGES:
-        raise InvalidRequest(
-            f"language {request.language!r} is not supported; use one of {', '.join(SUPPORTED_LANGUAGES)} "
-            "or leave it empty to detect"
-        )
+        advice = f"use one of {', '.join(SUPPORTED_LANGUAGES)} or leave it empty to detect"
+        raise InvalidRequest(f"language {request.language!r} is not supported; {advice}",
+                             f"language hint ({len(request.language)} characters) is not supported; {advice}")
     return Context(tuple(turns))

@@ -1,5 +1,5 @@
 """The real e5-small: a two-step fine-tune gives a loadable encoder, and the evaluation harness on real
-Russian dev dialogues puts e5 well above chance."""
+Russian dev dialogues puts e5 above chance and above BM25."""
 
 from __future__ import annotations
 
@@ -48,13 +48,17 @@ def test_short_fine_tune_gives_a_loadable_encoder_with_manifest(e5_dir: Path, sh
     assert np.all(similarity > 0.9) and np.any(similarity < 0.99999)  # nudged, not replaced
 
 
-def test_e5_beats_chance_on_real_russian_dev_contexts(e5_dir: Path, shared_data: Path) -> None:
+def test_e5_beats_chance_and_bm25_on_real_russian_dev_contexts(e5_dir: Path, shared_data: Path) -> None:
     from ranker.evaluation import BiEncoderScorer, BM25Scorer, evaluate_ranking, russian_dataset
 
     dataset = russian_dataset(shared_data / RUSSIAN, n_contexts=40, pool_size=10, bank_size=120, seed=0)
     report = evaluate_ranking([dataset], [BM25Scorer(), BiEncoderScorer(Encoder(e5_dir, device="cpu"), "e5")])
     results = report["results"][dataset.name]
-    e5 = results["e5"]
-    assert e5["n"] == 40 and e5["r1_of_10"] > 0.1 + 2 * e5["r1_of_10_se"] and e5["r1_of_10"] > 0.25
-    assert e5["bank_recall_at_10"] is not None and results["bm25"]["bank_recall_at_10"] is not None
-    assert 0.0 <= results["bm25"]["r1_of_10"] <= 1.0
+    e5, bm25 = results["e5"], results["bm25"]
+    # Measured on this slice: e5 R@1/10 0.50, MRR 0.65, bank recall@10 0.475; BM25 0.445, 0.555, 0.425; chance
+    # 0.1 R@1/10. A broken encoder (random weights, lost prefixes, a wrong tokenizer) falls to BM25 or below.
+    assert e5["n"] == bm25["n"] == 40
+    assert e5["r1_of_10"] >= 0.4 and e5["r1_of_10"] >= bm25["r1_of_10"]
+    assert e5["mrr"] >= 0.55 and e5["mrr"] >= bm25["mrr"] + 0.05
+    assert e5["bank_recall_at_10"] >= 0.35 and bm25["bank_recall_at_10"] >= 0.3
+    assert 0.3 <= bm25["r1_of_10"] <= 0.6  # lexical overlap works on these replies, but far from perfectly

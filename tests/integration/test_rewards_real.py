@@ -20,6 +20,8 @@ from rl.proxy import ProxyConfig, load_specificity_proxy, train_specificity_prox
 from rl.relevance import RelevanceConfig, train_relevance_model
 from rl.teacher import DEFAULT_DEFINITION, score_with_cache, teacher_values
 
+pytestmark = pytest.mark.real
+
 PER_LANGUAGE = 100
 FOLDS = 5
 # 5-fold held-out values on these slices (docs/rewards.md has the full-size numbers):

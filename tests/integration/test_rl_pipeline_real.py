@@ -21,6 +21,7 @@ from dialog.cli.main import main
 from dialog.jobs.rl_tune import RELEVANCE_DIR, TUNED_DIR, RLRunConfig, run_rl_tune
 from ranker.blender import BlenderMismatchError
 from rl.blender_setup import SPECIFICITY_DIR, load_blender
+from rl.tune import PolicyTuneConfig
 
 from workspace import make_settings
 
@@ -63,8 +64,9 @@ def rl_settings(real_home: Path, models_dir: Path, shared_data: Path,
 
 @pytest.fixture(scope="module")
 def rl_report(rl_settings: Settings) -> dict:
-    config = RLRunConfig(betas=(0.05, 5.0), main_beta=0.05, iterations=2, rounds_per_iteration=10,
-                         learning_rate=0.2, teacher_reference=120, samples_in_report=5)
+    config = RLRunConfig(betas=(0.05, 5.0), main_beta=0.05,
+                         policy=PolicyTuneConfig(iterations=2, rounds_per_iteration=10, learning_rate=0.2),
+                         teacher_reference=120, samples_in_report=5)
     return run_rl_tune(rl_settings, config)
 
 
@@ -114,6 +116,37 @@ def test_rl_tune_writes_report_plots_and_a_servable_tuned_blender(rl_settings: S
     assert tuned is not None and reference is not None
     assert tuned.manifest.parent == reference.version
     assert tuned.manifest.training["rl"]["beta"] == 0.05
+
+
+def test_guard_and_targets_are_the_measured_metrics(rl_settings: Settings, rl_report: dict) -> None:
+    """The relevance guard and the "target met" verdicts, checked against the metrics they are made of."""
+    from dialog.jobs.rl_tune import choose_beta
+    from ranker.blender import read_blender_manifest
+
+    saved = json.loads((rl_settings.artifacts_dir / "rl-run" / "report.json").read_text(encoding="utf-8"))
+    ref, final, n_pools = saved["reference"], saved["runs"]["0.05"]["final"], saved["dev_groups"]
+    assert saved["selection"] == {"rule": "given", "beta": 0.05}
+    assert set(saved["targets"]) == {"all", "en", "ru"} and n_pools >= 20
+    for language, row in saved["targets"].items():
+        suffix = "" if language == "all" else f"_{language}"
+        gain = final[f"teacher_specificity_z{suffix}"] - ref[f"teacher_specificity_z{suffix}"]
+        drop = ref[f"r_at_1{suffix}"] - final[f"r_at_1{suffix}"]
+        assert row["specificity_gain_sd"] == pytest.approx(gain) and row["r_at_1_drop"] == pytest.approx(drop)
+        low, high = row["r_at_1_drop_ci95"]
+        assert low - 1e-9 <= drop <= high + 1e-9 and high - low < 0.5, (language, row)
+        assert row["met"] is (gain >= 0.3 and drop <= 0.02), (language, row)
+    # R@1 counts whole pools: a hit is one pool's gold reply on top.
+    for metrics in (ref, final):
+        assert metrics["r_at_1"] * n_pools == pytest.approx(round(metrics["r_at_1"] * n_pools), abs=1e-6)
+    # π_ref's R@1 here is the supervised blender's own dev R@1 from training (same pools, same model);
+    # training skips pools without a gold reply, the guard counts them as misses: the hits must agree.
+    trained = read_blender_manifest(rl_settings.artifacts_dir / "blender").metrics
+    assert abs(ref["r_at_1"] * n_pools - trained["dev_r@1"] * trained["dev_groups"]) <= 1.0, (ref, trained)
+    assert 0.0 < ref["r_at_1"] < 1.0
+    # Left to choose, the guard passes the saved β exactly when no language lost more than two points.
+    _, selection = choose_beta(saved, RLRunConfig(betas=(0.05, 5.0)))
+    assert (0.05 in selection["passing"]) is all(row["r_at_1_drop"] <= 0.02 for row in saved["targets"].values())
+    assert read_blender_manifest(rl_settings.artifacts_dir / TUNED_DIR).metrics == pytest.approx(final)
 
 
 def test_tuned_blender_with_other_inputs_is_refused(rl_settings: Settings, rl_report: dict) -> None:

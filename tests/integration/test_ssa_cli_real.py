@@ -31,6 +31,18 @@ def test_export_simulate_import_report(real_home: Path, models_dir: Path, tmp_pa
     assert main(["ssa", "report", "--export", str(export), "--out", str(report)]) == 0
     data = json.loads((report / "report.json").read_text(encoding="utf-8"))
     assert (report / "report.png").stat().st_size > 0
-    assert "one" in json.dumps(data) and "two" in json.dumps(data)
+    # Both systems are scored on every context (a substring search of the whole report cannot fail:
+    # "honeypot" contains "one").
+    systems = data["systems"]
+    assert sorted(systems) == ["one", "two"], sorted(systems)
+    for name, row in systems.items():
+        assert row["contexts"] == len(texts), (name, row)
+        for metric in ("sensibleness", "specificity", "ssa"):
+            assert 0.0 <= row[metric]["ci_low"] <= row[metric]["value"] <= row[metric]["ci_high"] <= 1.0, (name, row)
+        mean_of_parts = (row["sensibleness"]["value"] + row["specificity"]["value"]) / 2
+        assert row["ssa"]["value"] == pytest.approx(mean_of_parts), (name, row)
+    coverage = data["coverage"]
+    assert coverage["item_tasks"] >= len(texts) and coverage["labelled"] == coverage["item_tasks"], coverage
+    assert data["labels"]["used"] >= coverage["item_tasks"] and data["mode"] == "pointwise"
     # A second import of the same answers is refused and stores nothing more.
     assert main(["ssa", "import", "--export", str(export), "--answers", str(answers)]) == 2

@@ -6,10 +6,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from core.blocklist import Blocklist
 from core.types import SOURCE_BANK, SOURCE_GENERATED, Candidate, Context, Turn
 from ranker.annotators import AnnotatorResources, annotate_all, build_annotators, feature_names
 from ranker.bm25 import bm25, overlap
-from ranker.features.blocklist import Blocklist
 from ranker.features.generic import is_generic
 from ranker.features.surface import is_question
 from ranker.idf import IdfTable, IdfTableError

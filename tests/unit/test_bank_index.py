@@ -339,8 +339,9 @@ def test_errors_share_one_base() -> None:
 
 
 def test_real_phrase_bank_build_update_load(settings: Settings, encoder: Encoder, tmp_path: Path) -> None:
-    store = pytest.importorskip("core.bank.store")
-    with store.PhraseBank(tmp_path / "bank.sqlite") as bank:
+    from core.bank.store import PhraseBank
+
+    with PhraseBank(tmp_path / "bank.sqlite") as bank:
         ids = [bank.add(f"i like {word} a lot", "en").id for word in EN_WORDS[:5]]
         ids += [bank.add(f"я люблю {word}", "ru").id for word in RU_WORDS[:5]]
         build_index(bank, encoder, settings)
@@ -354,3 +355,61 @@ def test_real_phrase_bank_build_update_load(settings: Settings, encoder: Encoder
         index = load_index(settings, encoder, bank)
         hits = index.search(encoder.encode_passages(["i like weather even more"]), "en", 1)[0]
         assert hits[0][0] == ids[0] and index.manifest.counts == {"en": 5, "ru": 4}
+
+
+def shard_ids(index: BankIndex, language: str) -> set[int]:
+    shard = index.shard(language)
+    return set() if shard is None else set(shard.ids.tolist())
+
+
+@pytest.mark.parametrize("history_knows", [True, False])
+def test_a_language_change_without_a_text_change_moves_the_phrase_to_the_other_shard(
+        settings: Settings, encoder: Encoder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        history_knows: bool) -> None:
+    bank = make_bank()
+    build_index(bank, encoder, settings)
+    text = bank.get(4).text
+    bank.update(4, language="ru")  # mislabelled phrase fixed: same text, other language
+    with pytest.raises(StaleIndexError):
+        load_index(settings, encoder, bank)
+    if not history_knows:
+        monkeypatch.setattr(bank, "changed_since", lambda revision: [])
+    report = update_index(bank, encoder, settings)
+    assert (report.added, report.edited, report.removed) == (0, 1, 0) and not report.full_rebuild
+    index = load_index(settings, encoder, bank)
+    assert 4 in shard_ids(index, "ru") and 4 not in shard_ids(index, "en")
+    assert index.manifest.counts == {"en": 9, "ru": 11}
+    assert index.phrase(4) == PhraseInfo(text, "ru", "approved")
+    hits = index.search(encoder.encode_passages([text]), "ru", 1)[0]
+    assert hits[0][0] == 4 and hits[0][1] == pytest.approx(1.0, abs=1e-5)
+    assert all(pid != 4 for pid, _ in index.search(encoder.encode_passages([text]), "en", 10)[0])
+    fresh = build_index(bank, encoder, Settings(home=tmp_path / "fresh", models_dir=settings.models_dir))
+    assert index.manifest.content_sha256 == fresh.content_sha256
+
+
+def test_an_index_whose_phrase_languages_differ_from_the_bank_is_refused(settings: Settings,
+                                                                         encoder: Encoder) -> None:
+    relabelled = make_bank()
+    relabelled.update(4, language="ru")
+    build_index(relabelled, encoder, settings)
+    same_revision = make_bank_at(relabelled.revision)  # phrase 4 still English, texts all equal
+    assert [p.text for p in same_revision.phrases()] == [p.text for p in relabelled.phrases()]
+    with pytest.raises(StaleIndexError, match="approved phrases"):
+        load_index(settings, encoder, same_revision)
+
+
+def test_real_phrase_bank_language_fix_reaches_the_index(settings: Settings, encoder: Encoder,
+                                                         tmp_path: Path) -> None:
+    from core.bank.store import PhraseBank
+
+    with PhraseBank(tmp_path / "bank.sqlite") as bank:
+        mislabelled = bank.add("я люблю дождь", "en").id
+        bank.add("i like rain", "en")
+        build_index(bank, encoder, settings)
+        bank.update(mislabelled, who="test", language="ru")
+        with pytest.raises(StaleIndexError):
+            load_index(settings, encoder, bank)
+        report = update_index(bank, encoder, settings)
+        assert (report.added, report.edited, report.removed) == (0, 1, 0)
+        index = load_index(settings, encoder, bank)
+        assert shard_ids(index, "ru") == {mislabelled} and index.manifest.counts == {"en": 1, "ru": 1}

@@ -10,11 +10,13 @@ from core.bank.default import (
     STARTER_FILES,
     build_default_bank,
     chatterbot_rows,
+    curated_ru_rows,
     is_clean_reply,
     select_replies,
     starter_rows,
 )
 from core.bank.store import BankError, PhraseBank
+from core.corpora import Dialogue
 
 JUNK = [
     "Check this out http://example.com it is great.",
@@ -115,8 +117,8 @@ def test_default_build_from_fixtures_and_real_chatterbot(bank: PhraseBank, start
     assert counts["starter"] == 3
     assert counts["chitchat-dataset"] == 4  # GOOD[0..3]; opener, junk, shouting copy, starter overlap dropped
     assert counts["chatterbot-corpus"] > 1000
-    assert len(messages) == 3 and "chatterbot-corpus" in messages[1]
-    assert "added 4 of 5, skipped 1 duplicate" in messages[2]
+    assert len(messages) == 4 and "chatterbot-corpus" in messages[1] and "koziev-anekdot-dialogues" in messages[2]
+    assert "added 4 of 5, skipped 1 duplicate" in messages[3]
     stats = bank.stats()
     assert stats["total"] == sum(counts.values()) == stats["revision"]
     assert set(stats["by_language"]) == {"ru", "en", "uk"}
@@ -128,11 +130,13 @@ def test_default_build_from_fixtures_and_real_chatterbot(bank: PhraseBank, start
             assert phrase.license == "BSD-3-Clause" and len(phrase.tags) >= 3  # + the file's category
         if phrase.source == "chitchat-dataset":
             assert phrase.license == "MIT" and phrase.language == "en"
+        if phrase.source == "koziev-anekdot-dialogues":
+            assert phrase.license == "CC0-1.0" and phrase.language == "ru"
     assert {p.text for p in bank.phrases() if p.source == "chitchat-dataset"} == set(GOOD)
 
     revision = bank.revision
     again = build_default_bank(bank, starter_files=starters, chitchat_path=chitchat)
-    assert again == {"starter": 0, "chatterbot-corpus": 0, "chitchat-dataset": 0}
+    assert again == {"starter": 0, "chatterbot-corpus": 0, "koziev-anekdot-dialogues": 0, "chitchat-dataset": 0}
     assert bank.revision == revision
 
 
@@ -172,9 +176,147 @@ def test_malformed_chatterbot_entries_are_skipped(tmp_path: Path) -> None:
 def test_packaged_starter_files_are_valid(bank: PhraseBank) -> None:
     from importlib import resources
 
-    if not all(resources.files("core.data").joinpath(name).is_file() for name in STARTER_FILES):
-        pytest.skip("starter files not written yet")
+    missing = [name for name in STARTER_FILES if not resources.files("core.data").joinpath(name).is_file()]
+    assert not missing, f"packaged starter files missing from core/data: {missing}"
     rows = starter_rows()
     report = bank.import_phrases(rows, who="test", dry_run=True)
     assert report.ok, report.errors[:5]
     assert {r.language for r in rows} >= {"ru", "en"}
+
+
+# ---- the curated Russian bank (core/data/bank_ru.jsonl.xz, dialog.jobs.curate_ru) -------------------------
+
+def test_packaged_curated_russian_file_is_clean_and_matches_its_provenance() -> None:
+    from importlib import resources
+
+    from core.blocklist import Blocklist, packaged_blocklists
+    from core.hygiene import similarity_key
+    from core.text import detect_language, normalize_text, word_tokens
+    from dialog.jobs.curate_ru import DATA_NAME, PROVENANCE_NAME
+
+    data = Path(str(resources.files("core.data").joinpath(DATA_NAME)))
+    provenance = json.loads(Path(str(resources.files("core.data").joinpath(PROVENANCE_NAME))).read_text("utf-8"))
+    rows = curated_ru_rows()
+    assert data.stat().st_size <= 1_000_000
+    assert len(rows) == provenance["phrases"] == provenance["counts"]["kept"] >= 2600
+    assert provenance["license"] == "CC0-1.0" and provenance["rules"]["limit"] == len(rows)
+    blocklist = Blocklist.merge(packaged_blocklists().values())
+    keys = [similarity_key(r.text) for r in rows]
+    assert len(set(keys)) == len(keys)
+    for row in rows:
+        assert row.language == "ru" == detect_language(row.text) and row.text == normalize_text(row.text)
+        assert not blocklist.hits(word_tokens(row.text)), row.text
+        assert row.source == "koziev-anekdot-dialogues" and row.license == "CC0-1.0"
+
+
+def test_default_bank_has_3000_russian_phrases(bank: PhraseBank) -> None:
+    counts = build_default_bank(bank, chitchat_limit=0)
+    assert counts["koziev-anekdot-dialogues"] >= 2600
+    assert bank.stats()["by_language"]["ru"] >= 3000
+
+
+def test_curated_russian_phrases_come_only_from_train_conversations(shared_data: Path) -> None:
+    from core.corpora import read_anekdot_dialogues, split_of
+    from core.hygiene import similarity_key
+
+    train_replies: set[str] = set()
+    held_out: set[str] = set()
+    for dialogue in read_anekdot_dialogues(shared_data / "ru" / "koziev_anekdot_dialogues.tar.xz"):
+        if split_of(dialogue.id) == "train":
+            train_replies.update(turn.text for turn in dialogue.turns[1:])
+        else:  # any turn of a held-out conversation, compared loosely (case, punctuation, ё)
+            held_out.update(similarity_key(turn.text) for turn in dialogue.turns)
+    shipped = [row.text for row in curated_ru_rows()]
+    assert set(shipped) <= train_replies  # verbatim replies of train conversations
+    leaked = {similarity_key(text) for text in shipped} & held_out
+    assert not leaked, sorted(leaked)[:5]
+
+
+def _xz(tmp_path: Path, text: str) -> Path:
+    import lzma
+
+    path = tmp_path / "bank_ru.jsonl.xz"
+    path.write_bytes(lzma.compress(text.encode("utf-8")))
+    return path
+
+
+def test_broken_curated_file_stops_the_build_naming_the_row(bank: PhraseBank, tmp_path: Path,
+                                                             starters: list[Path]) -> None:
+    good = json.dumps({"text": "Хорошая погода сегодня, правда?", "language": "ru"}, ensure_ascii=False)
+    broken = _xz(tmp_path, good + "\n" + '{"text": \n' + json.dumps({"text": "Ok then.", "language": "en"}) + "\n")
+    with pytest.raises(BankError, match=r"has 2 bad row\(s\)[\s\S]*bank_ru\.jsonl\.xz:2: broken JSON[\s\S]*:3: "):
+        build_default_bank(bank, starter_files=starters, curated_ru_path=broken, chitchat_limit=0)
+    not_xz = tmp_path / "plain.jsonl.xz"
+    not_xz.write_text(good, encoding="utf-8")
+    with pytest.raises(BankError, match=r"not xz-compressed.*curate_ru"):
+        curated_ru_rows(not_xz)
+    with pytest.raises(BankError, match="missing"):
+        curated_ru_rows(tmp_path / "absent.jsonl.xz")
+    assert [r.text for r in curated_ru_rows(_xz(tmp_path, good + "\n\n"))] == ["Хорошая погода сегодня, правда?"]
+
+
+def _dialogue_in(split: str, *texts: str, salt: str = "") -> Dialogue:
+    """A dialogue whose id hashes into ``split``."""
+    from core.corpora import DialogueTurn, split_of
+
+    n = 0
+    while split_of(f"anekdot:{salt}{n}") != split:
+        n += 1
+    turns = tuple(DialogueTurn("AB"[i % 2], t) for i, t in enumerate(texts))
+    return Dialogue(f"anekdot:{salt}{n}", "ru", turns)
+
+
+@pytest.mark.parametrize(("text", "reason"), [
+    ("Да.", "length"),
+    ("Нет... я так не думаю, правда.", "shape"),
+    ("А у вас есть 100 рублей до завтра?", "shape"),
+    ("Нет. Второй: - А я тогда как же?", "shape"),
+    ("Ну ты и сказал сейчас, я не поверю.", "narration"),
+    ("А вот Рабинович так не думает вообще.", "name"),
+    ("Абраша, успокойся и посиди тихо.", "name"),
+    ("Доктор, а я буду жить долго?", "vocative"),
+    ("Да, девочка, мы сейчас полетим.", "vocative"),
+    ("Мне нужна водка и хорошая закуска.", "crude"),
+    ("Шо ты такой хмурый сегодня утром?", "dialect"),
+    ("А почему она так долго не звонит?", "pronoun"),
+    ("Хорошая погода сегодня, правда?", None),
+])
+def test_curation_rules_name_the_first_broken_rule(text: str, reason: str | None) -> None:
+    from core.blocklist import Blocklist
+    from dialog.jobs.curate_ru import CRUDE, CorpusStats, CurationRules, reject_reason
+
+    stats = CorpusStats.of([_dialogue_in("train", "Привет.", text, "Ладно.")])
+    stats.lowercase_counts.update({"хорошая": 9, "ну": 9, "нет": 9, "а": 9, "доктор": 9, "да": 9, "мне": 9,
+                                   "шо": 9})
+    rules = CurationRules(min_word_count=1)
+    assert reject_reason(text, stats, rules, Blocklist.from_lines(CRUDE), Blocklist.from_lines([])) == reason
+
+
+def test_curation_keeps_train_replies_only_and_is_deterministic() -> None:
+    from core.hygiene import similarity_key
+    from dialog.jobs.curate_ru import CurationRules, curate, encode_phrases
+
+    lines = ["Какой чудесный сегодня день выдался!", "А ты любишь гулять по вечерам?",
+             "Мне больше нравится читать дома.", "Завтра будет дождь и сильный ветер."]
+    dialogues = [
+        _dialogue_in("train", "Начало разговора здесь.", lines[0], lines[1], "Последняя строка шутки тут.", salt="a"),
+        _dialogue_in("train", "Привет, как жизнь?", lines[2], "Это конец анекдота совсем.", salt="b"),
+        _dialogue_in("train", "Ещё одно начало.", "Какой чудесный сегодня день выдался?", "Конец.", salt="c"),
+        _dialogue_in("dev", "Начало в отложенной части.", lines[3], "Конец отложенной части.", salt="d"),
+        _dialogue_in("train", "Зачин разговора.", lines[3].replace(".", "!"), "Финал разговора.", salt="e"),
+        # Sentence-initial words must also occur in lower case somewhere, or the name rule takes them.
+        _dialogue_in("train", "и какой, а мне завтра", salt="f"),
+    ]
+    rules = CurationRules(min_word_count=1, limit=10)
+    curated = curate(dialogues, existing=[lines[2].replace("читать", "почитать")], rules=rules)
+    # lines[0]: kept; its "?" twin: repeat; lines[1]: kept; lines[2]: near duplicate of an existing phrase;
+    # lines[3] with "!" is held out: the dev dialogue has it with "."; first turns and punchlines are never used.
+    assert sorted(curated.phrases) == sorted(lines[:2])
+    assert curated.counts["near_duplicate"] == 1 and curated.counts["repeat"] == 1
+    assert curated.counts["punchline"] == 4 and curated.counts["kept"] == 2
+    assert curated.counts["held_out"] == 1
+    again = curate(list(reversed(dialogues)), existing=[], rules=rules)
+    assert encode_phrases(curate(dialogues, [], rules).phrases) == encode_phrases(curate(dialogues, [], rules).phrases)
+    assert {similarity_key(t) for t in again.phrases} == {similarity_key(t) for t in lines[:3]}  # no "existing"
+    limited = curate(dialogues, [], CurationRules(min_word_count=1, limit=1))
+    assert len(limited.phrases) == 1 and limited.counts["not_sampled"] == 2

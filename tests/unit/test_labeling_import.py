@@ -148,3 +148,25 @@ def test_default_store_lives_in_the_workspace(home: Path, pointwise: tuple, tmp_
         assert store.path == home / "labels.sqlite"
         assert [(lb.rater, lb.sensible) for lb in store.labels(summary["export_id"])] == [("7", True)]
         assert store._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_second_round_over_the_same_contexts_imports_on_its_own(tmp_path: Path) -> None:
+    """Outside-run defect: round 2 (same contexts, same seed, new directory) had round 1's task ids, so
+    every one of its rows was refused as "already imported"."""
+    contexts = {f"c{i}": Context((Turn("user", f"line {i}"),)) for i in range(3)}
+    rounds = [tmp_path / "round1", tmp_path / "round2"]
+    for out in rounds:
+        export_pointwise(contexts, SYSTEMS, out, "jsonl", overlap=1, honeypot_rate=0, seed=0)
+    answer_files = []
+    for n, out in enumerate(rounds, start=1):
+        rows = [{"task_id": t, "rater": "r1", "sensible": "yes", "specific": "no"} for t in load_export(out).tasks]
+        answer_files.append(_write_jsonl(tmp_path / f"answers{n}.jsonl", rows))
+    with LabelStore(tmp_path / "labels.sqlite") as store:
+        first = import_labels(rounds[0], answer_files[0], "jsonl", store)
+        second = import_labels(rounds[1], answer_files[1], "jsonl", store)
+        assert first["export_id"] != second["export_id"]
+        assert first["imported"] == second["imported"] == store.count() // 2 == 6
+        with pytest.raises(LabelingError, match="unknown task id") as info:  # round 1's answers, round 2's export
+            import_labels(rounds[1], answer_files[0], "jsonl", store)
+        assert "answers for another export" in str(info.value)
+        assert store.count() == 12

@@ -72,9 +72,15 @@ def test_export_is_deterministic_and_blinded(tmp_path: Path) -> None:
     again = export_pointwise(_contexts(10), SYSTEMS, tmp_path / "b", "jsonl", honeypots=POTS, seed=3)
     other = export_pointwise(_contexts(10), SYSTEMS, tmp_path / "c", "jsonl", honeypots=POTS, seed=4)
     text = (tmp_path / "a" / "upload" / "tasks.jsonl").read_text(encoding="utf-8")
-    assert text == (tmp_path / "b" / "upload" / "tasks.jsonl").read_text(encoding="utf-8")
-    assert first["export_id"] == again["export_id"] != other["export_id"]
-    assert text != (tmp_path / "c" / "upload" / "tasks.jsonl").read_text(encoding="utf-8")
+
+    def without_ids(name: str) -> list[dict]:
+        lines = (tmp_path / name / "upload" / "tasks.jsonl").read_text(encoding="utf-8").splitlines()
+        return [{k: v for k, v in json.loads(line).items() if k != "task_id"} for line in lines]
+
+    # Same seed: same tasks in the same order; but each export is its own round, with its own ids.
+    assert without_ids("a") == without_ids("b") != without_ids("c")
+    assert len({first["export_id"], again["export_id"], other["export_id"]}) == 3
+    assert not set(load_export(tmp_path / "a").tasks) & set(load_export(tmp_path / "b").tasks)
     manifest = (tmp_path / "a" / "manifest.json").read_text(encoding="utf-8")
     for name in SYSTEMS:  # names only in the key
         assert name not in text and name not in manifest
@@ -158,3 +164,17 @@ def test_unblinded_export_and_a_separate_key(tmp_path: Path) -> None:
     assert sorted(key.systems.values()) == sorted(SYSTEMS)
     with pytest.raises(LabelingError, match="belongs to export"):
         load_key(tmp_path / "vault" / "key.json", load_export(tmp_path / "open"))
+
+
+def test_the_recorded_round_rebuilds_the_same_task_ids(tmp_path: Path) -> None:
+    from dialog.labeling.tasks import POINTWISE, build_tasks
+
+    contexts = _contexts(6)
+    responses = {cid: {name: f"{PREFIX[name]}, {c.last_text}" for name in SYSTEMS} for cid, c in contexts.items()}
+    ids = {name: name for name in SYSTEMS}
+    export_pointwise(contexts, SYSTEMS, tmp_path / "a", "jsonl", honeypot_rate=0, seed=3, blind=False)
+    recorded = json.loads((tmp_path / "a" / "manifest.json").read_text(encoding="utf-8"))["round"]
+    rebuilt = build_tasks(contexts, responses, POINTWISE, [], 0.0, 3, ids, round_id=recorded)
+    assert [t.task_id for t in rebuilt.tasks] == list(load_export(tmp_path / "a").tasks)
+    fresh = build_tasks(contexts, responses, POINTWISE, [], 0.0, 3, ids)
+    assert fresh.round_id != recorded and not {t.task_id for t in fresh.tasks} & set(load_export(tmp_path / "a").tasks)

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from core.blocklist import Blocklist
 from core.lm.prompts import prompt_format
 from core.types import Context, Turn
 from dialog.generation import filters
 from dialog.generation.filters import FilterConfig, ReplyFilter, load_blocklists
-from ranker.features.blocklist import Blocklist
 
 CONTEXT = Context((Turn("user", "Hi! What are you doing this weekend?"),))
 RU_CONTEXT = Context((Turn("user", "Привет! Как прошли выходные?"),))
@@ -64,8 +64,7 @@ def test_packaged_and_editor_blocklists(tmp_path: Path) -> None:
     assert reply_filter.reason("Zucchinis again!", CONTEXT, "en") == filters.BLOCKLISTED
     assert len(reply_filter.blocklists) == len(load_blocklists()) + 1
     packaged = load_blocklists()
-    if not packaged:
-        pytest.skip("no packaged blocklist in core/data yet")
+    assert packaged, "the packaged blocklists (core/data/blocklist_*.txt) did not load"
     assert ReplyFilter(FilterConfig(), packaged).reason("Ну ты и сука.", RU_CONTEXT, "ru") == filters.BLOCKLISTED
 
 

@@ -116,3 +116,66 @@ def test_empty_request_and_single_string_guard() -> None:
         assert batcher.submit([]).shape == (0, 2)
         with pytest.raises(TypeError):
             batcher.submit("not a list")  # type: ignore[arg-type]
+
+
+def test_one_encoder_call_per_request_covers_retrieval_and_turn_feature_windows() -> None:
+    """The retrieval window and the blender's last-turn and last-exchange windows of one request reach the
+    model in one call; the bank candidates' vectors come from the seeded (index) side, never the model."""
+    from core.types import Candidate, Context, Turn
+    from dialog.serving.encoding import RequestEncoder
+    from dialog.serving.pipeline import Pipeline, PipelineRequest
+    from ranker.annotator_base import AnnotatorResources
+    from ranker.features.turn import TurnAnnotator
+    from retriever.encoder_cache import CachingEncoder
+    from retriever.microbatch import BatchedQueries
+
+    model_calls: list[list[str]] = []
+    passages: list[list[str]] = []
+
+    class Model:
+        identity, manifest, dim = "m@0", None, 2
+
+        def encode_queries(self, texts: list[str]) -> np.ndarray:
+            model_calls.append(list(texts))
+            return text_rows(list(texts)) / 1000
+
+        def encode_passages(self, texts: list[str]) -> np.ndarray:
+            passages.append(list(texts))
+            return text_rows(list(texts)) / 1000
+
+    bank_texts = [f"bank reply {i}" for i in range(4)]
+
+    class Source:
+        name = "bank"
+
+        def candidates(self, context: Context, language: str, k: int, deadline: float) -> list[Candidate]:
+            encoder.encode_queries([context.as_query_text(3)])
+            return [Candidate(text=t, source="bank", language=language, phrase_id=i + 1)
+                    for i, t in enumerate(bank_texts)]
+
+    class TurnReranker:
+        def __init__(self) -> None:
+            self.annotator = TurnAnnotator(AnnotatorResources(encoder=encoder))
+            self.features: list[np.ndarray] = []
+
+        def rerank(self, context: Context, pool: list[Candidate], explain: bool = False) -> list[Candidate]:
+            self.features.append(self.annotator.annotate_pool(context, pool))
+            return pool
+
+    with MicroBatcher(Model().encode_queries, max_batch=64, max_wait_ms=20) as batcher:
+        cache = CachingEncoder(BatchedQueries(Model(), batcher), max_cached=16)
+        cache.seed_passages(bank_texts, text_rows(bank_texts))
+        encoder = RequestEncoder(cache, [3, *TurnAnnotator.windows])
+        reranker = TurnReranker()
+        pipeline = Pipeline([Source()], pool_k=10, reranker=reranker)
+        pipeline.query_encoder = encoder
+        dialogue = Context((Turn("user", "hi there"), Turn("bot", "hello"), Turn("user", "how are you")))
+        result = pipeline.respond(PipelineRequest(context=dialogue, top_k=3, deadline=time.monotonic() + 10))
+        assert len(result.candidates) == 3
+        assert len(model_calls) == 1
+        assert sorted(model_calls[0]) == sorted(["hi there\nhello\nhow are you", "how are you", "hello\nhow are you"])
+        assert passages == [] and encoder.unplanned == 0
+        assert not np.isnan(reranker.features[0]).any()
+        pipeline.respond(PipelineRequest(context=dialogue, top_k=3, deadline=time.monotonic() + 10))
+        assert len(model_calls) == 1, "the repeated opener must come from the query cache"
+        assert cache.query_hits == 3

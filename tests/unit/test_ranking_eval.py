@@ -151,9 +151,11 @@ def test_evaluation_runs_scorers_side_by_side(tmp_path: Path) -> None:
     assert results["constant"]["mrr"] == pytest.approx(sum(1 / r for r in range(1, 101)) / 100)
     assert results["oracle"]["r1_of_10"] == results["oracle"]["mrr"] == 1.0
     assert results["oracle"]["bank_recall_at_10"] is None  # a callable cannot search a bank
-    for name in ("bm25", "words"):  # replies echo the context's topic word: both must beat chance by far
-        assert results[name]["r1_of_10"] > 0.5 and results[name]["r1_of_100"] > 0.3
-        assert results[name]["bank_recall_at_10"] > 0.3
+    # Replies echo the context's topic word: both must beat chance (0.1, 0.01) by far. Measured: BM25 1.0 on
+    # every metric; the hashed bag of words 0.81 R@1/10, 0.74 R@1/100, 0.78 bank recall@10 (hash collisions).
+    assert min(results["bm25"][m] for m in ("r1_of_10", "r1_of_100", "bank_recall_at_10")) >= 0.95
+    words = results["words"]
+    assert words["r1_of_10"] > 0.7 and words["r1_of_100"] > 0.6 and words["bank_recall_at_10"] > 0.65
     assert encoder.passages_encoded == len({t for ex in dataset.examples for t in ex.candidates} | set(dataset.bank))
     table = ranking_table(report)
     assert table.count("\n") == 1 + len(scorers) and "| toy | en | 60 | bm25 |" in table

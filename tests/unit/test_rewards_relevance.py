@@ -98,7 +98,7 @@ def test_artifact_round_trip_and_encoder_refusal(encoders: dict[str, Encoder], t
     np.testing.assert_allclose(loaded.score(contexts, texts), model.score(contexts, texts), rtol=1e-5)
     with pytest.raises(RewardModelError, match="other-encoder"):
         load_relevance_model(out, encoders["other"])
-    with pytest.raises(RewardModelError, match="holds a 'relevance' model, not 'specificity-proxy'"):
+    with pytest.raises(RewardModelError, match="holds a 'relevance' artifact, not 'specificity-proxy'"):
         from rl.proxy import load_specificity_proxy
 
         load_specificity_proxy(out, encoders["main"])

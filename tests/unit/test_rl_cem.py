@@ -73,8 +73,8 @@ def test_tune_policy_with_cem_optimizer_resumes(tmp_path: Path) -> None:
     labels = (np.nan_to_num(train.X[:, 0]) > 0).astype(int)
     ref = lgb.train({"objective": "lambdarank", "verbosity": -1, "num_leaves": 4, "min_data_in_leaf": 10,
                      "num_threads": 1}, lgb.Dataset(train.X, labels, group=train.group_sizes), num_boost_round=5)
-    config = PolicyTuneConfig(beta=0.2, optimizer="cem", rounds_per_iteration=3, iterations=2, cem_population=24,
-                              cem_elite=5, seed=5)
+    config = PolicyTuneConfig(beta=0.2, alpha=0.0, optimizer="cem", rounds_per_iteration=3, iterations=2,
+                              cem_population=24, cem_elite=5, seed=5)
     straight = tune_policy(ref, train, dev, rewards, {}, config, dev_rewards=dev_rewards)
     assert straight.history[-1]["dev_reward"] > straight.history[0]["dev_reward"] + 0.05
     assert straight.booster.num_trees() == ref.num_trees()

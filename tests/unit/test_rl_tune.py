@@ -50,7 +50,7 @@ def run(problem: dict, config: PolicyTuneConfig, **kwargs: object):
                        {"label_at_1": label_at_1}, config, dev_rewards=problem["dev_r"], **kwargs)
 
 
-BASE = PolicyTuneConfig(beta=0.1, rounds_per_iteration=5, iterations=3, learning_rate=0.2, num_leaves=7,
+BASE = PolicyTuneConfig(beta=0.1, alpha=0.0, rounds_per_iteration=5, iterations=3, learning_rate=0.2, num_leaves=7,
                         min_data_in_leaf=10, seed=3)
 
 

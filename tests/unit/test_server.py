@@ -98,6 +98,7 @@ def test_generated_candidates_follow_bank_without_reranker(client: ChatClient) -
         ([], {}, "turns is empty"),
         ([("user", "   ")], {}, "turns[0].text is empty"),
         ([("user", "x" * 500)], {}, "limit is 200"),
+        ([("user", "hi")] * 65, {}, "too many turns (65); the limit is 64"),
         ([("user", "hi")], {"top_k": 1000}, "top_k"),
         ([("user", "hi")], {"language": "klingon"}, "not supported"),
     ],
@@ -157,11 +158,14 @@ def test_stop_drains_requests_in_flight(source: ScriptedSource, server: RunningS
     threads = [threading.Thread(target=call, args=(i,)) for i in range(8)]
     for thread in threads:
         thread.start()
-    while len(source.seen) < 8:
+    arrived_by = time.monotonic() + 10.0
+    while len(source.seen) < 8 and time.monotonic() < arrived_by:
         time.sleep(0.01)
+    assert len(source.seen) == 8, f"only {len(source.seen)} of 8 requests reached the pipeline within 10 s"
     server.stop(grace=5.0)
     for thread in threads:
-        thread.join()
+        thread.join(timeout=10.0)
+    assert not any(thread.is_alive() for thread in threads), "a client call outlived its 5 s timeout"
     chat.close()
     assert len(results) == 8
     assert all(not isinstance(r, grpc.RpcError) for r in results), results

@@ -1,0 +1,139 @@
+"""`repliq editor ...`: the web app for editors, its user accounts, and `repliq bank lint`.
+
+`repliq editor --host H --port P` serves the app over the workspace's bank; it refuses to start without
+an enabled admin (create one with `repliq editor users add NAME --role admin`), except with
+`--insecure-local` on a loopback address, where every visitor acts as a local admin.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import ipaddress
+import sys
+
+from core.bank.schema import ROLES
+from core.bank.store import PhraseBank
+from core.config import Settings
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("editor", help="web app to browse, edit, review and lint the phrase bank")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    parser.add_argument("--insecure-local", action="store_true",
+                        help="no login: every visitor is a local admin (only allowed on a loopback address)")
+    parser.add_argument("--secure-cookies", action="store_true",
+                        help="mark cookies Secure (default only off loopback; use behind an HTTPS proxy)")
+    parser.set_defaults(func=run_editor)
+    sub = parser.add_subparsers(dest="editor_command", metavar="ACTION")
+    users = sub.add_parser("users", help="manage editor accounts")
+    actions = users.add_subparsers(dest="users_command", metavar="ACTION", required=True)
+    add = actions.add_parser("add", help="add a user (password asked, or read from stdin)")
+    add.add_argument("name")
+    add.add_argument("--role", choices=ROLES, required=True)
+    add.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
+    add.set_defaults(func=run_users_add)
+    listing = actions.add_parser("list", help="list users")
+    listing.set_defaults(func=run_users_list)
+    disable = actions.add_parser("disable", help="disable a user and end their sessions")
+    disable.add_argument("name")
+    disable.set_defaults(func=run_users_disable)
+
+
+def register_bank_lint(bank_actions: argparse._SubParsersAction) -> None:
+    """`repliq bank lint`, registered under `repliq bank` by dialog/cli/bank.py."""
+    lint = bank_actions.add_parser("lint", help="check every phrase; JSON + HTML report (<home>/lint/)")
+    lint.add_argument("--probe", help="dev dialogues (JSONL, core.corpora format) for dead and hub phrases")
+    lint.add_argument("--json", help="JSON report path (default <home>/lint/report.json)")
+    lint.add_argument("--html", help="HTML report path (default <home>/lint/report.html)")
+    lint.add_argument("--text-only", action="store_true", help="only the text rules (no models, seconds)")
+    lint.set_defaults(func=run_bank_lint)
+
+
+def _open(settings: Settings) -> PhraseBank:
+    from dialog.jobs.common import open_bank
+
+    return open_bank(settings)
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def run_editor(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from dialog.editor.app import create_app
+    from dialog.editor.users import Users
+
+    if args.insecure_local and not _loopback(args.host):
+        raise ValueError(f"--insecure-local serves without login, so it only binds loopback; {args.host} is not "
+                         "(use --host 127.0.0.1)")
+    bank = _open(settings)
+    if not args.insecure_local and not Users(bank).has_admin():
+        raise ValueError("no enabled admin user: run `repliq editor users add NAME --role admin` first "
+                         "(or --insecure-local on 127.0.0.1 for a single local editor)")
+    app = create_app(bank, settings, secure_cookies=args.secure_cookies or not _loopback(args.host),
+                     insecure_local=args.insecure_local)
+    print(f"repliq editor on http://{args.host}:{args.port}/", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def run_users_add(args: argparse.Namespace, settings: Settings) -> int:
+    from dialog.editor.users import Users
+
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass(f"password for {args.name}: ")
+        if getpass.getpass("again: ") != password:
+            raise ValueError("the two passwords differ; run the command again")
+    with _open(settings) as bank:
+        user = Users(bank).add(args.name, password, args.role, who=f"cli:{getpass.getuser()}")
+    print(f"added {user.role} {user.name}")
+    return 0
+
+
+def run_users_list(args: argparse.Namespace, settings: Settings) -> int:
+    from dialog.editor.users import Users
+
+    with _open(settings) as bank:
+        for user in Users(bank).list():
+            print(f"{user.name}\t{user.role}\t{'disabled' if user.disabled else 'active'}")
+    return 0
+
+
+def run_users_disable(args: argparse.Namespace, settings: Settings) -> int:
+    from dialog.editor.users import Users
+
+    with _open(settings) as bank:
+        Users(bank).disable(args.name, who=f"cli:{getpass.getuser()}")
+    print(f"disabled {args.name}; their sessions ended")
+    return 0
+
+
+def run_bank_lint(args: argparse.Namespace, settings: Settings) -> int:
+    from pathlib import Path
+
+    from dialog.editor.lint import BLOCKLIST_FILE, REPORT_FILE, LintOptions, read_blocklist, write_report
+    from dialog.editor.lint_bank import lint_bank, load_probe
+    from dialog.editor.lint_html import render_report
+
+    options = LintOptions(blocklist=read_blocklist(settings.home / BLOCKLIST_FILE))
+    probe = load_probe(Path(args.probe), settings.retrieval.context_turns) if args.probe else None
+    with _open(settings) as bank:
+        report = lint_bank(bank, None if args.text_only else settings, probe, options)
+    json_path = Path(args.json) if args.json else settings.home / REPORT_FILE
+    html_path = Path(args.html) if args.html else json_path.with_suffix(".html")
+    write_report(report, json_path, html_path, render_report)
+    counts = ", ".join(f"{rule} {n}" for rule, n in report.counts().items()) or "no warnings"
+    print(f"{report.stats.get('phrases', 0)} phrases: {counts}")
+    for rule, why in report.skipped.items():
+        print(f"  not checked: {rule}: {why}")
+    print(f"report: {json_path} and {html_path}")
+    return 0

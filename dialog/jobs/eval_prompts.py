@@ -1,0 +1,221 @@
+"""`repliq eval prompts`: does the UPRISE-style prompt retriever pick demonstrations that help the LM?
+
+On dev-split contexts of each language (never seen by the pool, which is train-only, nor by the
+retriever's training), the gold reply's mean per-token log-probability under the LM is measured with
+K demonstrations chosen five ways:
+
+* ``uprise``: the trained prompt retriever (base encoder + prompt adapter);
+* ``base``: the same encoder without the adapter (what the LM-score training added);
+* ``bm25``: the pool excerpts sharing the most (BM25-weighted) words with the dialogue;
+* ``random``: K random excerpts of the language (seeded per context);
+* ``none``: zero-shot.
+
+The comparison is paired (same contexts, same gold replies), so the report gives, per language and
+LM, the mean of ``uprise - other`` per context with a 95% percentile-bootstrap interval over contexts.
+``--transfer-lm`` scores the very same prompts with another LM (UPRISE's cross-LM transfer claim).
+Scores go through the content-keyed prompt-score cache, so a rerun only scores what is new.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.atomic import atomic_write_bytes, atomic_write_json
+from core.config import Settings
+from core.corpora import ContextPair
+from core.lm.wrapper import DecoderLM
+from core.text import word_tokens
+from retriever.prompt_data import PromptCorpora, read_sources, training_examples
+from retriever.prompt_pool import POOL_DIR, Demonstration, PromptPool, load_pool
+from retriever.prompt_retriever import RETRIEVER_DIR, PromptRetriever, base_encoder, load_prompt_retriever
+from retriever.prompt_scores import ScoreCache, ScoringConfig, build_prompt, cache_path, load_lm, score_prompts
+
+CONDITIONS = ("uprise", "base", "bm25", "random", "none")
+
+
+@dataclass
+class EvalPromptsConfig:
+    corpora: PromptCorpora = field(default_factory=PromptCorpora)
+    contexts_per_language: int = 60
+    k: int = 3
+    lm: str = ""
+    transfer_lms: list[str] = field(default_factory=list)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    n_boot: int = 2000
+    threads: int = 1
+    seed: int = 0
+    out: Path | None = None
+    # Which prompt choices to score ("uprise" always; drop "base" to save LM time).
+    conditions: tuple[str, ...] = CONDITIONS
+
+    def validate(self) -> None:
+        unknown = set(self.conditions) - set(CONDITIONS)
+        if unknown or "uprise" not in self.conditions or len(self.conditions) < 2:
+            raise ValueError(f"conditions must include uprise and another of {', '.join(CONDITIONS)}; "
+                             f"got {', '.join(self.conditions)}")
+
+
+def bm25_choices(pool: PromptPool, contexts: Sequence[ContextPair], k: int, context_turns: int) -> list[list[int]]:
+    """Top-k pool ids of each context's language by BM25 of the dialogue words against each excerpt."""
+    from ranker.bm25 import bm25_many
+    from ranker.idf import IdfTable
+
+    out: list[list[int]] = [[] for _ in contexts]
+    for language in sorted({c.language for c in contexts}):
+        ids = pool.ids_of(language)
+        if not ids:
+            continue
+        texts = [pool.by_id(i).passage_text for i in ids]
+        idf = IdfTable.build(texts)
+        rows = [i for i, c in enumerate(contexts) if c.language == language]
+        queries = [set(word_tokens(contexts[i].context.as_query_text(context_turns))) for i in rows]
+        matrix = np.array([bm25_many(queries, word_tokens(text), idf) for text in texts]).T  # (queries, pool)
+        for row, scores in zip(rows, matrix, strict=True):
+            out[row] = [ids[j] for j in np.argsort(-scores, kind="stable")[:k]]
+    return out
+
+
+def random_choices(pool: PromptPool, contexts: Sequence[ContextPair], k: int, seed: int) -> list[list[int]]:
+    choices = []
+    for c in contexts:
+        ids = pool.ids_of(c.language)
+        choices.append(random.Random(f"{seed}:random:{c.context_id}").sample(ids, min(k, len(ids))))
+    return choices
+
+
+def choose(retriever: PromptRetriever, base: PromptRetriever, pool: PromptPool, contexts: Sequence[ContextPair],
+           config: EvalPromptsConfig) -> dict[str, list[list[Demonstration]]]:
+    """Each condition's demonstrations per context, best first."""
+    langs = [c.language for c in contexts]
+    ctxs = [c.context for c in contexts]
+    as_demos = [[pool.by_id(i) for i in ids] for ids in bm25_choices(pool, contexts, config.k,
+                                                                     config.scoring.context_turns)]
+    return {"uprise": retriever.retrieve_many(ctxs, langs, config.k),
+            "base": base.retrieve_many(ctxs, langs, config.k),
+            "bm25": as_demos,
+            "random": [[pool.by_id(i) for i in ids] for ids in random_choices(pool, contexts, config.k, config.seed)],
+            "none": [[] for _ in contexts]}
+
+
+def paired_bootstrap(diffs: np.ndarray, n_boot: int, seed: int) -> tuple[float, float, float]:
+    """Mean of per-context differences and its 95% percentile-bootstrap interval (resampling contexts)."""
+    diffs = np.asarray(diffs, dtype=np.float64)
+    if len(diffs) < 2:
+        raise ValueError(f"need at least 2 contexts for a bootstrap interval, got {len(diffs)}")
+    rng = np.random.default_rng(seed)
+    means = diffs[rng.integers(0, len(diffs), size=(n_boot, len(diffs)))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(diffs.mean()), float(low), float(high)
+
+
+def score_conditions(lm: DecoderLM, contexts: Sequence[ContextPair], chosen: dict[str, list[list[Demonstration]]],
+                     cache: ScoreCache, config: EvalPromptsConfig) -> dict[str, np.ndarray]:
+    """Gold-reply mean log-prob per context under each condition's prompt (most useful demo last)."""
+    prompts, replies, langs = [], [], []
+    for name in chosen:
+        for c, demos in zip(contexts, chosen[name], strict=True):
+            prompts.append(build_prompt(lm, list(reversed(demos)), c.context, c.language, config.scoring))
+            replies.append(c.response)
+            langs.append(c.language)
+    scores = np.array(score_prompts(lm, prompts, replies, langs, cache, config.scoring, f"eval prompts ({lm.lm_id})"))
+    n = len(contexts)
+    return {name: scores[i * n:(i + 1) * n] for i, name in enumerate(chosen)}
+
+
+def summarize(scores: dict[str, np.ndarray], languages: np.ndarray, config: EvalPromptsConfig) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for language in sorted(set(languages.tolist())):
+        mask = languages == language
+        row: dict[str, Any] = {"contexts": int(mask.sum()),
+                               "mean_logprob": {k: float(v[mask].mean()) for k, v in scores.items()}}
+        for other in [c for c in CONDITIONS[1:] if c in scores]:
+            mean, low, high = paired_bootstrap(scores["uprise"][mask] - scores[other][mask], config.n_boot, config.seed)
+            row[f"uprise_minus_{other}"] = {"mean": mean, "ci95": [low, high], "excludes_0": low > 0 or high < 0}
+        out[language] = row
+    return out
+
+
+def table(results: dict[str, dict[str, Any]]) -> str:
+    lines = ["| LM | lang | n | none | random | bm25 | base | uprise | uprise−random [95% CI] | uprise−none | "
+             "uprise−bm25 | uprise−base |", "|" + "---|" * 12]
+    for lm_id, per_language in results.items():
+        for language, row in per_language.items():
+            m = row["mean_logprob"]
+
+            def ci(name: str, r: dict[str, Any] = row) -> str:
+                d = r.get(f"uprise_minus_{name}")
+                if d is None:
+                    return "–"
+                return f"{d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"
+
+            means = " | ".join(f"{m[c]:.3f}" if c in m else "–" for c in ("none", "random", "bm25", "base", "uprise"))
+            deltas = " | ".join(ci(c) for c in ("random", "none", "bm25", "base"))
+            lines.append(f"| {lm_id} | {language} | {row['contexts']} | {means} | {deltas} |")
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, dict[str, Any]]) -> bytes:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = [(lm_id, lang) for lm_id, per in results.items() for lang in per]
+    others = [c for c in CONDITIONS[1:] if f"uprise_minus_{c}" in results[groups[0][0]][groups[0][1]]]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    width = 0.8 / len(others)
+    for j, other in enumerate(others):
+        rows = [results[lm][lang][f"uprise_minus_{other}"] for lm, lang in groups]
+        means = np.array([r["mean"] for r in rows])
+        err = np.array([[r["mean"] - r["ci95"][0] for r in rows], [r["ci95"][1] - r["mean"] for r in rows]])
+        ax.bar(np.arange(len(groups)) + j * width, means, width, yerr=err, capsize=3, label=f"uprise − {other}")
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xticks(np.arange(len(groups)) + width * (len(others) - 1) / 2)
+    ax.set_xticklabels([f"{lm.split('@')[0]}\n{lang}" for lm, lang in groups], fontsize=8)
+    ax.set_ylabel("Δ gold mean log-prob / token (95% CI)")
+    ax.set_title("UPRISE demonstrations vs other prompt choices")
+    ax.legend(fontsize=7)
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def run_eval_prompts(settings: Settings, config: EvalPromptsConfig, encoder: Any = None,
+                     lms: Sequence[DecoderLM] | None = None) -> dict[str, Any]:
+    """Score every condition with the main LM and each transfer LM; write report.json, report.png."""
+    config.validate()
+    pool, _ = load_pool(settings.artifacts_dir / POOL_DIR)
+    encoder = encoder or base_encoder(settings)
+    retriever, manifest = load_prompt_retriever(settings.artifacts_dir / RETRIEVER_DIR, pool, encoder)
+    base = PromptRetriever(pool, encoder, retriever.indexes, None, retriever.context_turns)
+    sources = read_sources(config.corpora)
+    contexts = training_examples((d for ds in sources.values() for d in ds), config.contexts_per_language,
+                                 config.seed, config.scoring.context_turns, split="dev")
+    if not contexts:
+        raise ValueError("no dev contexts in the given corpora; give --russian / --topicalchat or enable chitchat")
+    chosen = {k: v for k, v in choose(retriever, base, pool, contexts, config).items() if k in config.conditions}
+    languages = np.array([c.language for c in contexts])
+    if lms is None:
+        lms = [load_lm(settings.models_dir, name, config.threads)
+               for name in [config.lm or settings.lm.name, *config.transfer_lms]]
+    results: dict[str, dict[str, Any]] = {}
+    for lm in lms:
+        cache = ScoreCache(cache_path(settings.artifacts_dir, lm.lm_id))
+        results[lm.lm_id] = summarize(score_conditions(lm, contexts, chosen, cache, config), languages, config)
+    report = {"retriever": manifest.ref, "trained_on_lm": manifest.lineage.get("lm"), "pool": pool.ref,
+              "k": config.k, "contexts_per_language": {k: int((languages == k).sum()) for k in sorted(set(languages))},
+              "results": results, "table": table(results)}
+    out = config.out or settings.artifacts_dir / "eval-prompts"
+    atomic_write_json(Path(out) / "report.json", report)
+    atomic_write_bytes(Path(out) / "report.png", plot(results))
+    return report
