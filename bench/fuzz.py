@@ -54,13 +54,14 @@ def serve(home: Path | None, scratch: Path) -> tuple[Any, Any, int, str]:
 
 
 def fuzz_grpc(cases: int, concurrency: int, seed: int, home: Path | None) -> dict[str, Any]:
-    from fuzz_harness import HealthProbe, Tally, p99_held, run_batch, steady_p99
-    from fuzz_harness import cases as case_strategy
     from hypothesis import HealthCheck, given, settings
     from hypothesis import seed as fixed_seed
     from hypothesis import strategies as st
 
     from dialog.serving.client import ChatClient
+
+    from fuzz_harness import HealthProbe, Tally, p99_held, run_batch, steady_p99
+    from fuzz_harness import cases as case_strategy
 
     with tempfile.TemporaryDirectory() as scratch:
         running, assembled, max_chars, what = serve(home, Path(scratch))

@@ -7,6 +7,7 @@ middle of a UTF-8 character reads "answers.jsonl: line 4: ... cut off" instead o
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -63,3 +64,15 @@ def loads_user_json(text: str, source: str | Path) -> Any:
 def read_user_json(path: str | Path) -> Any:
     """A whole JSON file, decoded and parsed with errors that name the file and line."""
     return loads_user_json(read_user_text(path), path)
+
+
+def json_lines(text: str) -> Iterator[tuple[int, Any, str | None]]:
+    """``(line number, object, None)`` per non-blank JSONL line, or ``(line number, None, why)`` when the line is
+    not JSON: readers collect every bad row and name it, instead of stopping at the first."""
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield number, json.loads(line), None
+        except json.JSONDecodeError as exc:
+            yield number, None, exc.msg

@@ -105,19 +105,8 @@ class Encoder(ManifestEncoder):
     def backend(self) -> str:
         return "torch"
 
-    def encode_queries(self, texts: Sequence[str], progress: Progress | None = None) -> np.ndarray:
-        return self._encode(texts, self._manifest.query_prefix, progress)
-
-    def encode_passages(self, texts: Sequence[str], progress: Progress | None = None) -> np.ndarray:
-        return self._encode(texts, self._manifest.passage_prefix, progress)
-
     def _encode(self, texts: Sequence[str], prefix: str, progress: Progress | None) -> np.ndarray:
-        if isinstance(texts, str):
-            raise TypeError("pass a list of texts, not a single string")
-        bad = [i for i, text in enumerate(texts) if not isinstance(text, str)]
-        if bad:
-            raise TypeError(f"texts must be strings; item {bad[0]} is {type(texts[bad[0]]).__name__}")
-        prefixed = [prefix + text for text in texts]
+        prefixed = self.prefixed(texts, prefix)
         total = len(prefixed)
         out = np.empty((total, self._dim), dtype=np.float32)
         chunk = self.batch_size * _CHUNK_BATCHES if progress else max(total, 1)

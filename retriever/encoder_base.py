@@ -6,7 +6,13 @@ with torch is read with the ONNX export of the same weights (their fidelity gate
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
 from core.models.manifest import ModelManifest
+
+Progress = Callable[[int, int], None]
 
 
 class ManifestEncoder:
@@ -26,3 +32,23 @@ class ManifestEncoder:
     @property
     def identity(self) -> str:
         return self._manifest.short_id
+
+    def encode_queries(self, texts: Sequence[str], progress: Progress | None = None) -> np.ndarray:
+        return self._encode(texts, self._manifest.query_prefix, progress)
+
+    def encode_passages(self, texts: Sequence[str], progress: Progress | None = None) -> np.ndarray:
+        return self._encode(texts, self._manifest.passage_prefix, progress)
+
+    def _encode(self, texts: Sequence[str], prefix: str, progress: Progress | None) -> np.ndarray:
+        raise NotImplementedError
+
+    @staticmethod
+    def prefixed(texts: Sequence[str], prefix: str) -> list[str]:
+        """The texts with the model's prefix, after refusing what is not a list of strings (a bare string would
+        otherwise be encoded letter by letter)."""
+        if isinstance(texts, str):
+            raise TypeError("pass a list of texts, not a single string")
+        bad = [i for i, text in enumerate(texts) if not isinstance(text, str)]
+        if bad:
+            raise TypeError(f"texts must be strings; item {bad[0]} is {type(texts[bad[0]]).__name__}")
+        return [prefix + text for text in texts]

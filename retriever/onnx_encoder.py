@@ -150,12 +150,6 @@ class OnnxEncoder(ManifestEncoder):
     def backend(self) -> str:
         return f"onnx-{self.variant}"
 
-    def encode_queries(self, texts: Sequence[str], progress: Progress | None = None) -> np.ndarray:
-        return self._encode(texts, self._manifest.query_prefix, progress)
-
-    def encode_passages(self, texts: Sequence[str], progress: Progress | None = None) -> np.ndarray:
-        return self._encode(texts, self._manifest.passage_prefix, progress)
-
     def tokenize(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         """Token ids and attention mask exactly as sentence-transformers would feed the model."""
         prepared = [text.strip().lower() if self._lowercase else text.strip() for text in texts]
@@ -166,12 +160,7 @@ class OnnxEncoder(ManifestEncoder):
                 "attention_mask": batch["attention_mask"].astype(np.int64)}
 
     def _encode(self, texts: Sequence[str], prefix: str, progress: Progress | None) -> np.ndarray:
-        if isinstance(texts, str):
-            raise TypeError("pass a list of texts, not a single string")
-        bad = [i for i, text in enumerate(texts) if not isinstance(text, str)]
-        if bad:
-            raise TypeError(f"texts must be strings; item {bad[0]} is {type(texts[bad[0]]).__name__}")
-        prefixed = [prefix + text for text in texts]
+        prefixed = self.prefixed(texts, prefix)
         out = np.empty((len(prefixed), self._dim), dtype=np.float32)
         # Length-sorted batches waste little on padding; masked positions never change a row's vector.
         order = sorted(range(len(prefixed)), key=lambda i: len(prefixed[i]))

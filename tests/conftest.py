@@ -7,10 +7,12 @@ slow conversion happens once per machine, not once per test run.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from suite_env import require_shared_data
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -35,23 +37,6 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     workspace.mkdir()
     monkeypatch.setenv("REPLIQ_HOME", str(workspace))
     return workspace
-
-
-def running_in_ci(environ: Mapping[str, str] | None = None) -> bool:
-    """CI services set ``CI`` (GitHub Actions, GitLab and others use ``true``)."""
-    value = (os.environ if environ is None else environ).get("CI", "")
-    return value.strip().lower() not in ("", "0", "false", "no")
-
-
-def require_shared_data(path: Path, environ: Mapping[str, str] | None = None) -> Path:
-    """``path`` when it is there; otherwise a skip on a developer machine and a failure in CI, which always
-    has the data beside the clone (a skip there would hide that the tests needing it never ran)."""
-    if not path.is_dir():
-        message = f"development data not found at {path} (expected beside the repository as ../shared/data)"
-        if running_in_ci(environ):
-            pytest.fail(message + "; CI must provide it", pytrace=False)
-        pytest.skip(message)
-    return path
 
 
 @pytest.fixture(scope="session")

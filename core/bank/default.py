@@ -22,6 +22,7 @@ from core.bank.formats import PhraseRow, RowError, read_phrases
 from core.bank.schema import MAX_TEXT_CHARS, BankError
 from core.bank.store import PhraseBank
 from core.text import normalize_text
+from core.user_files import json_lines
 
 STARTER_FILES = ("starter_ru.jsonl", "starter_en.jsonl")
 CHATTERBOT_FOLDERS = {"ru": "russian", "en": "english", "uk": "ukrainian"}
@@ -199,13 +200,9 @@ def curated_ru_rows(path: Path | None = None) -> list[PhraseRow]:
         raise BankError(f"curated Russian phrase file {path} is not xz-compressed UTF-8 ({exc}); {fix}") from exc
     rows: list[PhraseRow] = []
     errors: list[RowError] = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            errors.append(RowError(str(path), number, f"broken JSON: {exc.msg}"))
+    for number, obj, broken in json_lines(text):
+        if broken:
+            errors.append(RowError(str(path), number, f"broken JSON: {broken}"))
             continue
         if not isinstance(obj, dict) or not isinstance(obj.get("text"), str) or not obj["text"].strip():
             errors.append(RowError(str(path), number, "expected an object with a non-empty string 'text'"))

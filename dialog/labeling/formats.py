@@ -16,7 +16,7 @@ from xml.sax.saxutils import quoteattr
 
 from core.atomic import atomic_write_json, atomic_write_text
 from core.types import Context
-from core.user_files import UserFileError, read_user_text
+from core.user_files import UserFileError, json_lines, read_user_text
 from dialog.labeling.tasks import FIVE_POINT, POINTWISE, LabelingError, RowProblem, Task, turns_to_json
 
 FORMATS = ("jsonl", "toloka", "labelstudio")
@@ -140,13 +140,9 @@ def read_answers(path: Path, fmt: str, rater_field: str | None = None) -> tuple[
 
 def _read_jsonl(text: str, source: str, rater_field: str) -> tuple[list[RawAnswer], list[RowProblem]]:
     answers, problems = [], []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            problems.append(RowProblem(source, f"line {number}", f"not valid JSON ({exc.msg})"))
+    for number, obj, broken in json_lines(text):
+        if broken:
+            problems.append(RowProblem(source, f"line {number}", f"not valid JSON ({broken})"))
             continue
         if not isinstance(obj, dict):
             problems.append(RowProblem(source, f"line {number}", "expected a JSON object"))

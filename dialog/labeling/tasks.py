@@ -7,7 +7,6 @@ here touches the platform formats (``formats.py``) or the labels database (``sto
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import secrets
 from collections.abc import Mapping, Sequence
@@ -19,7 +18,7 @@ from typing import Any
 from core.artifacts import COMMON_KEYS, ArtifactManifest, check_declared, package_versions
 from core.atomic import sha256_json
 from core.types import Context, Turn
-from core.user_files import UserFileError, loads_user_json, read_user_text
+from core.user_files import UserFileError, json_lines, loads_user_json, read_user_text
 from dialog.labeling.errors import LabelingError, RowProblem
 
 POINTWISE = "pointwise"
@@ -108,13 +107,9 @@ def _jsonl_objects(path: Path) -> tuple[list[tuple[int, dict[str, Any]]], list[R
     except UserFileError as exc:
         raise LabelingError(str(exc)) from exc
     rows, problems = [], []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            problems.append(RowProblem(path.name, f"line {number}", f"not valid JSON ({exc.msg})"))
+    for number, obj, broken in json_lines(text):
+        if broken:
+            problems.append(RowProblem(path.name, f"line {number}", f"not valid JSON ({broken})"))
             continue
         if not isinstance(obj, dict):
             problems.append(RowProblem(path.name, f"line {number}", "expected a JSON object"))

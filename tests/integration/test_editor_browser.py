@@ -17,12 +17,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from editor_helpers import PASSWORD, tiny_settings
 
 from core.bank.store import PhraseBank
 from dialog.editor.app import create_app
 from dialog.editor.users import Users
 
+from editor_helpers import PASSWORD, tiny_settings
 from tiny_models import build_tiny_encoder
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -12,7 +12,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-from editor_helpers import PASSWORD, login
 from fastapi.testclient import TestClient
 
 from core.bank.store import PhraseBank
@@ -21,6 +20,7 @@ from dialog.editor.lint import LintOptions
 from dialog.editor.lint_bank import lint_bank
 from dialog.editor.users import Users
 
+from editor_helpers import PASSWORD, login
 from workspace import make_settings
 
 pytestmark = pytest.mark.real

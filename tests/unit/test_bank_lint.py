@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-from editor_helpers import tiny_settings
 
 from core.bank.schema import Phrase
 from core.bank.store import PhraseBank
@@ -16,6 +15,7 @@ from dialog.editor.lint_html import render_report
 from retriever.bank_index import load_index, update_index
 from retriever.encoder import Encoder
 
+from editor_helpers import tiny_settings
 from tiny_models import build_tiny_encoder
 
 

@@ -24,8 +24,8 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from crash_jobs import Run, kill_points, run
 
+from crash_jobs import Run, kill_points, run
 from tiny_models import build_tiny_encoder
 
 SEED = int(os.environ.get("REPLIQ_CRASH_SEED", "4"))

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from editor_helpers import PASSWORD, as_user, client, csrf_of, make_bank
 
 from core.bank.schema import BankError
 from dialog.editor.users import Users, hash_password, verify_password
+
+from editor_helpers import PASSWORD, as_user, client, csrf_of, make_bank
 
 
 def test_password_hash_is_salted_scrypt_and_verifies_only_the_right_password() -> None:

@@ -6,9 +6,10 @@ from __future__ import annotations
 import re
 
 import pytest
-from editor_helpers import as_user, make_bank
 
 from core.bank.store import PhraseBank
+
+from editor_helpers import as_user, make_bank
 
 
 @pytest.fixture

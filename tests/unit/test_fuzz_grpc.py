@@ -14,17 +14,6 @@ from dataclasses import replace
 
 import grpc
 import pytest
-from fuzz_harness import (
-    CLIENT_REFUSED,
-    Case,
-    HealthProbe,
-    Tally,
-    cases,
-    p99_held,
-    run_batch,
-    send,
-    steady_p99,
-)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -37,6 +26,17 @@ from repliq.v1 import chat_pb2
 from retriever.bank_index import build_index
 from retriever.encoder import Encoder
 
+from fuzz_harness import (
+    CLIENT_REFUSED,
+    Case,
+    HealthProbe,
+    Tally,
+    cases,
+    p99_held,
+    run_batch,
+    send,
+    steady_p99,
+)
 from tiny_models import build_tiny_decoder, build_tiny_encoder
 
 CONCURRENCY = 8

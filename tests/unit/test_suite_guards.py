@@ -6,7 +6,8 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import require_shared_data, running_in_ci
+
+from suite_env import require_shared_data, running_in_ci
 
 INTEGRATION = Path(__file__).resolve().parents[1] / "integration"
 
