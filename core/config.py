@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, get_type_hints
 
+from core.job_configs import TrainingConfigs
+
 
 class ConfigError(ValueError):
     """A config file or override that cannot be used; the message says which key and why."""
@@ -26,6 +28,7 @@ def default_models_dir() -> Path:
         return Path(os.environ["REPLIQ_MODELS"]).expanduser()
     cache_root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
     return cache_root / "repliq" / "models"
+
 
 
 @dataclass
@@ -202,6 +205,8 @@ class Settings:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     exploration: ExplorationConfig = field(default_factory=ExplorationConfig)
+    # The trainers' configs ([train.blender], [train.adapter], ...; TOML only, no environment overrides).
+    train: TrainingConfigs = field(default_factory=TrainingConfigs)
 
     @property
     def bank_path(self) -> Path:

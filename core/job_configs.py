@@ -367,3 +367,20 @@ class TrainDefaultConfig:
     # Copy the results into core/data/shipped (what a fresh install serves), within this budget.
     publish: bool = False
     max_shipped_bytes: int = 5_000_000
+
+
+@dataclass
+class TrainingConfigs:
+    """The trainers' own configs as one workspace sets them: ``[train.<name>]`` tables in config.toml.
+
+    ``Settings.train`` is this object, so a workspace that trains with, say, more blender rounds says so once,
+    and every job that reads it (``repliq train default`` builds its whole chain from it) agrees.
+    """
+
+    retriever: RetrieverTrainConfig = field(default_factory=RetrieverTrainConfig)
+    corpora: BlenderCorpora = field(default_factory=BlenderCorpora)
+    pools: BuilderConfig = field(default_factory=lambda: DEFAULT_POOLS)
+    blender: BlenderTrainConfig = field(default_factory=BlenderTrainConfig)
+    adapter: AdapterJobConfig = field(default_factory=AdapterJobConfig)
+    proxy: ProxyConfig = field(default_factory=lambda: WORKSPACE_PROXY)
+    rl: RLRunConfig = field(default_factory=RLRunConfig)

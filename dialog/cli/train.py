@@ -165,21 +165,29 @@ def run_reward(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _adapter_flags(parser: argparse.ArgumentParser) -> None:
+    """No literal defaults: an unset flag takes the workspace's ``[train.adapter]`` (Settings.train), whose own
+    defaults are ``AdapterJobConfig``'s."""
     job, train = AdapterJobConfig(), AdapterTrainConfig()
-    parser.add_argument("--pairs", type=int, default=job.pairs_per_language, metavar="N",
+    parser.add_argument("--pairs", type=int, metavar="N",
                         help=f"chitchat and Russian training pairs each (default {job.pairs_per_language})")
-    parser.add_argument("--topicalchat-pairs", type=int, default=job.topicalchat_pairs, metavar="N",
+    parser.add_argument("--topicalchat-pairs", type=int, metavar="N",
                         help=f"Topical-Chat train-split pairs (default {job.topicalchat_pairs})")
-    parser.add_argument("--rank", type=int, default=train.rank, help=f"adapter rank (default {train.rank})")
-    parser.add_argument("--epochs", type=int, default=train.epochs, help=f"training epochs (default {train.epochs})")
+    parser.add_argument("--rank", type=int, help=f"adapter rank (default {train.rank})")
+    parser.add_argument("--epochs", type=int, help=f"training epochs (default {train.epochs})")
 
 
-def _adapter_config(args: argparse.Namespace) -> AdapterJobConfig:
+def _adapter_config(args: argparse.Namespace, settings: Settings) -> AdapterJobConfig:
     from dataclasses import replace
 
-    base = AdapterJobConfig()
-    return replace(base, pairs_per_language=args.pairs, topicalchat_pairs=args.topicalchat_pairs,
-                   train=replace(base.train, rank=args.rank, epochs=args.epochs))
+    base = settings.train.adapter
+
+    def given(value: int | None, fallback: int) -> int:
+        return fallback if value is None else value
+
+    return replace(base, pairs_per_language=given(args.pairs, base.pairs_per_language),
+                   topicalchat_pairs=given(args.topicalchat_pairs, base.topicalchat_pairs),
+                   train=replace(base.train, rank=given(args.rank, base.train.rank),
+                                 epochs=given(args.epochs, base.train.epochs)))
 
 
 def register_adapter(sub: argparse._SubParsersAction) -> None:
@@ -197,7 +205,8 @@ def run_adapter(args: argparse.Namespace, settings: Settings) -> int:
 
     from dialog.jobs.train_adapter import run_train_adapter
 
-    config = replace(_adapter_config(args), russian=args.russian, topicalchat=args.topicalchat, out=args.out)
+    config = replace(_adapter_config(args, settings), russian=args.russian, topicalchat=args.topicalchat,
+                     out=args.out)
     report = run_train_adapter(settings, config)
     print(f"adapter {report['adapter']}: held-out R@1/10 {report['adapter_r_at_1']} (base encoder "
           f"{report['base_r_at_1']}) on {report['train_pairs']} pairs")
@@ -225,7 +234,10 @@ def run_default(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.rl and not args.rewards:
         raise ValueError("--rl needs --rewards: the policy is tuned on the reward heads")
-    config = TrainDefaultConfig(data=args.data, adapter=_adapter_config(args), rewards=args.rewards, rl=args.rl,
+    # The chain is built from the workspace's trainer configs (Settings.train); flags override the adapter's.
+    train = settings.train
+    config = TrainDefaultConfig(data=args.data, adapter=_adapter_config(args, settings), corpora=train.corpora,
+                                blender=train.blender, rewards=args.rewards, rl=args.rl, rl_run=train.rl,
                                 publish=args.publish)
     report = train_default(settings, config)
     print(json.dumps(report.get("published", {}), indent=2))

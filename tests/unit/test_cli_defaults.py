@@ -17,8 +17,6 @@ from core.bank.default import build_default_bank
 from core.job_configs import (
     DEFAULT_POOLS,
     WORKSPACE_PROXY,
-    AdapterJobConfig,
-    AdapterTrainConfig,
     BankScoreConfig,
     BlenderTrainConfig,
     EvalRankingConfig,
@@ -64,14 +62,6 @@ EXPECTED: dict[tuple[str, str], Any] = {
     ("rl tune", "--iterations"): RUN.policy.iterations,
     ("rl tune", "--standardize"): RUN.reward.standardize,
     ("eval ranking", "--contexts"): EvalRankingConfig().contexts,
-    ("train adapter", "--pairs"): AdapterJobConfig().pairs_per_language,
-    ("train adapter", "--topicalchat-pairs"): AdapterJobConfig().topicalchat_pairs,
-    ("train adapter", "--rank"): AdapterTrainConfig().rank,
-    ("train adapter", "--epochs"): AdapterTrainConfig().epochs,
-    ("train default", "--pairs"): AdapterJobConfig().pairs_per_language,
-    ("train default", "--topicalchat-pairs"): AdapterJobConfig().topicalchat_pairs,
-    ("train default", "--rank"): AdapterTrainConfig().rank,
-    ("train default", "--epochs"): AdapterTrainConfig().epochs,
     ("bank score", "--batch-size"): BankScoreConfig().batch_size,
     ("bank score", "--threads"): BankScoreConfig().threads,
     ("bank init", "--chitchat-limit"): parameter(build_default_bank, "chitchat_limit"),
@@ -90,6 +80,9 @@ EXPECTED: dict[tuple[str, str], Any] = {
 JOB_COMMANDS = ("train blender", "train retriever", "train reward", "rl tune", "eval ranking", "bank score",
                 "bank init", "index build", "train adapter", "train default")
 NOT_CONFIG = {
+    **{(command, flag): "None: an unset flag takes [train.adapter] from the workspace settings (Settings.train)"
+       for command in ("train adapter", "train default") for flag in ("--pairs", "--topicalchat-pairs", "--rank",
+                                                                       "--epochs")},
     ("train blender", "--corpus"): "repeatable input list, starts empty",
     ("train retriever", "--corpus"): "repeatable input list, starts empty",
     ("eval ranking", "--corpus"): "repeatable input list, starts empty",
