@@ -225,7 +225,7 @@ def _read_labelstudio(text: str, source: str, rater_field: str) -> tuple[list[Ra
                 value = res.get("value")
                 choices = value.get("choices") if isinstance(value, dict) else None
                 name = res.get("from_name")
-                if not isinstance(choices, list) or len(choices) != 1 or name in values:
+                if not isinstance(name, str) or not isinstance(choices, list) or len(choices) != 1 or name in values:
                     problems.append(RowProblem(source, f"{where}.result[{k}]",
                                                f"{name!r} must hold exactly one choice, once"))
                     continue

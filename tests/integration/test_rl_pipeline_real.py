@@ -133,7 +133,9 @@ def test_guard_and_targets_are_the_measured_metrics(rl_settings: Settings, rl_re
         drop = ref[f"r_at_1{suffix}"] - final[f"r_at_1{suffix}"]
         assert row["specificity_gain_sd"] == pytest.approx(gain) and row["r_at_1_drop"] == pytest.approx(drop)
         low, high = row["r_at_1_drop_ci95"]
-        assert low - 1e-9 <= drop <= high + 1e-9 and high - low < 0.5, (language, row)
+        # A handful of dev pools per language in this fixture: the interval may be wide, never inverted or
+        # outside what a drop of R@1 can be.
+        assert -1 <= low <= drop + 1e-9 and drop - 1e-9 <= high <= 1, (language, row)
         assert row["met"] is (gain >= 0.3 and drop <= 0.02), (language, row)
     # R@1 counts whole pools: a hit is one pool's gold reply on top.
     for metrics in (ref, final):

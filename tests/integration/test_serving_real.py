@@ -17,6 +17,7 @@ import pytest
 
 from core.bank.store import PhraseBank
 from core.config import Settings
+from core.hygiene import HygieneConfig, HygieneFilter
 from dialog.serving.client import ChatClient
 
 from workspace import make_settings
@@ -72,13 +73,17 @@ def test_language_hint_overrides_detection(client: ChatClient) -> None:
 def test_explain_returns_retrieval_stage(client: ChatClient) -> None:
     reply = client.respond([("user", "Какую музыку ты слушаешь?")], explain=True, top_k=2)
     first = reply.candidates[0]
-    assert first.stage_scores["retrieval"] == pytest.approx(first.score)
-    assert first.stage_scores["retrieval_rank"] == 1
+    assert 0 < first.stage_scores["retrieval"] <= 1 and first.stage_scores["retrieval_rank"] >= 1
+    # The fresh workspace serves the shipped blender: its score is the answer's score, explained per feature.
+    assert reply.versions.ranker.endswith("(shipped default)"), reply.versions
+    assert first.stage_scores["blender"] == pytest.approx(first.score)
+    assert first.contributions
 
 
 def test_generated_candidate_beside_bank_phrases_within_deadline(client: ChatClient) -> None:
     started = time.monotonic()
-    reply = client.respond([("user", "Я вчера ходил в поход в горы, было здорово!")], generate=True, top_k=10,
+    # The whole pool: the blender decides where a generated reply ranks, the test only that it is there in time.
+    reply = client.respond([("user", "Я вчера ходил в поход в горы, было здорово!")], generate=True, top_k=100,
                            timeout_s=40)
     elapsed = time.monotonic() - started
     sources = [c.source for c in reply.candidates]
@@ -86,7 +91,6 @@ def test_generated_candidate_beside_bank_phrases_within_deadline(client: ChatCli
     assert "generated" in sources, "no generated reply within the budget"
     generated = [c for c in reply.candidates if c.source == "generated"]
     assert all(c.language == "ru" and c.phrase_id == 0 for c in generated)
-    assert sources.index("generated") > sources.index("bank"), "without a reranker bank phrases come first"
     assert reply.versions.generator.startswith("gemma-3-270m@")
     assert "generated" not in [c.source for c in client.respond([("user", "Привет!")], top_k=10).candidates]
 
@@ -116,6 +120,8 @@ def test_draft_and_retired_phrases_are_never_served(real_home: Path, models_dir:
         report = update_index(bank, Encoder.from_config(settings), settings)
         assert report.added == 1 and not report.full_rebuild
     assembled = build_pipeline(settings)
+    # The probes below repeat the phrase they look for; the echo filter (tested on its own) would rightly drop it.
+    assembled.pipeline.hygiene = HygieneFilter(HygieneConfig(char_jaccard=2, token_jaccard=2, containment=2))
     from core.types import Context, Turn
 
     def ids_for(text: str) -> list[int]:
@@ -161,6 +167,9 @@ def test_cli_serve_ask_and_sigterm_drain(real_home: Path, models_dir: Path, tmp_
     port = free_port()
     env = {**os.environ, "REPLIQ_HOME": str(real_home), "REPLIQ_MODELS": str(models_dir),
            "REPLIQ_SERVER_MAX_WORKERS": "4", "REPLIQ_GENERATION_MODE": "off",
+           # Admission control would shed part of the 48 concurrent calls by design (tests/unit/test_overload.py);
+           # here every one must be admitted so that the drain has work in flight to finish.
+           "REPLIQ_SERVER_MAX_QUEUE": "64", "REPLIQ_SERVER_MAX_QUEUE_WAIT_MS": "600000",
            # The drain itself is under test, not the machine's speed: on a loaded 2-core box 47 queued
            # calls once took longer than the default 30 s grace and the last was cancelled.
            "REPLIQ_SERVER_DRAIN_GRACE_S": "180"}
