@@ -26,7 +26,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from bench.report import markdown_table, write_results
+from bench.report import markdown_table, run_concurrently, write_results
 from core.config import RetrievalConfig, ServerConfig, load_settings
 
 CONCURRENCY = (1, 8, 32)
@@ -84,13 +84,7 @@ def run_load(port: int, texts: list[str], concurrency: int, n_requests: int) -> 
                 with lock:
                     errors += 1
 
-    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    wall = time.perf_counter() - started
+    wall = run_concurrently(worker, concurrency)
     client.close()
     ms = np.array(latencies) * 1000
     return {"concurrency": concurrency, "requests": len(latencies), "errors": errors, "rps": len(latencies) / wall,

@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from bench.report import run_concurrently
+
 LEVELS = (1, 8, 32, 64)
 MODES = ("tuned", "legacy")
 
@@ -127,13 +129,7 @@ def run_level(port: int, concurrency: int, requests: list[list[tuple[str, str]]]
                 if code == "OK":
                     latencies.append(elapsed)
 
-    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    wall = time.perf_counter() - started
+    wall = run_concurrently(worker, concurrency)
     channel.close()
     return latencies, codes, wall
 

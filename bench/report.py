@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import platform
 import re
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,3 +58,14 @@ def write_results(name: str, record: dict[str, Any], section_markdown: str, doc:
     pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
     text = pattern.sub(lambda _m: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
     atomic_write_text(doc, text)
+
+
+def run_concurrently(worker: Callable[[], None], concurrency: int) -> float:
+    """Run ``worker`` on ``concurrency`` threads at once; the wall-clock seconds until the last one ends."""
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - started
