@@ -230,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--home", default=os.environ.get("REPLIQ_HOME", ".repliq"), help="the workspace")
     parser.add_argument("--backend", default="both", choices=("torch", "onnx", "both"))
-    parser.add_argument("--modes", default=",".join(MODES), help="tuned, legacy or both (comma-separated)")
+    parser.add_argument("--modes", default=",".join(MODES), help="tuned and/or legacy, comma-separated "
+                        f"(default: {','.join(MODES)})")
     parser.add_argument("--blender", default="auto", help="[ranker] blender: auto (the workspace's), none or a path")
     parser.add_argument("--levels", default=",".join(map(str, LEVELS)))
     parser.add_argument("--requests", type=int, default=200, help="measured requests per level")
@@ -254,7 +255,10 @@ def main(argv: list[str] | None = None) -> int:
                      "repliq bank init --default, repliq index build")
     backends = ("torch", "onnx") if args.backend == "both" else (args.backend,)
     levels = [int(x) for x in args.levels.split(",")]
-    runs = [start(args.home, backend, mode, args.blender) for backend in backends for mode in args.modes.split(",")]
+    modes = args.modes.split(",")
+    if unknown := sorted(set(modes) - set(MODES)):
+        parser.error(f"--modes: unknown {unknown}; choose from {', '.join(MODES)}")
+    runs = [start(args.home, backend, mode, args.blender) for backend in backends for mode in modes]
     try:
         measure(runs, levels, dialogues(args.home, args.warmup + args.requests), args.warmup, args.timeout)
     finally:
