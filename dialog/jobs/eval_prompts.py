@@ -29,6 +29,7 @@ import numpy as np
 from core.atomic import atomic_write_bytes, atomic_write_json
 from core.config import Settings
 from core.corpora import ContextPair
+from core.figures import png_bytes
 from core.lm.wrapper import DecoderLM
 from core.text import word_tokens
 from retriever.prompt_data import PromptCorpora, read_sources, training_examples
@@ -161,7 +162,6 @@ def table(results: dict[str, dict[str, Any]]) -> str:
 
 
 def plot(results: dict[str, dict[str, Any]]) -> bytes:
-    import io
 
     import matplotlib
 
@@ -183,11 +183,7 @@ def plot(results: dict[str, dict[str, Any]]) -> bytes:
     ax.set_ylabel("Δ gold mean log-prob / token (95% CI)")
     ax.set_title("UPRISE demonstrations vs other prompt choices")
     ax.legend(fontsize=7)
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig)
 
 
 def run_eval_prompts(settings: Settings, config: EvalPromptsConfig, encoder: Any = None,

@@ -30,7 +30,7 @@ from ranker.evaluation import (
     topicalchat_dataset,
     write_report,
 )
-from retriever.adapter import AdaptedEncoder, adapter_identity
+from retriever.adapter import AdaptedEncoder, configured_adapter
 from retriever.encoder import Encoder
 from retriever.encoder_cache import CachingEncoder
 from rl.blender_setup import SPECIFICITY_DIR, load_blender
@@ -49,13 +49,12 @@ def ranking_scorers(settings: Settings, encoder_names: Sequence[str], blender_di
     scorers += [BiEncoderScorer(encoder, name=Path(name).name) for name, encoder in encoders.items()]
     # The workspace encoder as serving runs it: with its query adapter (workspace or shipped) when it has one,
     # as a row of its own beside the plain encoder.
-    served_encoder = Encoder.from_config(settings)
-    plain = encoders.get(settings.encoder.name)
-    if isinstance(served_encoder, AdaptedEncoder) and plain is not None:
-        # Same passages as the plain row: read them through its cache instead of encoding them twice.
-        served_encoder = AdaptedEncoder(plain, served_encoder.adapter)
-    served = CachingEncoder(served_encoder)
-    if adapter_identity(served) != "none":
+    # One model copy: the adapted row reads base vectors (and all passages) through the plain row's cache.
+    plain = encoders.get(settings.encoder.name) or CachingEncoder(Encoder(resolve(settings.encoder.name,
+                                                                                 settings.models_dir)))
+    adapter = configured_adapter(settings.encoder.adapter, settings.artifacts_dir / "adapter", str(plain.identity))
+    served = CachingEncoder(AdaptedEncoder(plain, adapter)) if adapter is not None else plain
+    if adapter is not None:
         scorers.append(BiEncoderScorer(served, name=f"{Path(settings.encoder.name).name}+adapter"))
     if not use_blender:
         return scorers, None
@@ -63,7 +62,7 @@ def ranking_scorers(settings: Settings, encoder_names: Sequence[str], blender_di
         settings = replace(settings, ranker=replace(settings.ranker, blender=str(blender_dir)))
     # One cache for the bi-encoder row, the blender's retrieval cosines and its annotators (turn windows,
     # specificity proxy), so each text is encoded once however many of them read it.
-    shared = plain if plain is not None and adapter_identity(served) == "none" else served
+    shared = served
     blender = load_blender(settings, shared)
     if blender is None:
         say("no trained blender in this workspace (`repliq train blender`); evaluating without it")

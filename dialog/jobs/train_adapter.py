@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from core.atomic import atomic_write_bytes, atomic_write_json, jsonable, sha256_json
 from core.config import Settings
+from core.figures import png_bytes
 from core.job_configs import AdapterJobConfig
 from core.models.registry import resolve
 from retriever.adapter import save_adapter
@@ -52,7 +53,6 @@ def _per_language_r1(adapter_apply: Any, queries: np.ndarray, passages: np.ndarr
 
 
 def _curve_png(curve: list[dict[str, Any]]) -> bytes:
-    import io
 
     import matplotlib
 
@@ -71,11 +71,7 @@ def _curve_png(curve: list[dict[str, Any]]) -> bytes:
     ax.set_ylabel("held-out R@1 of 10")
     ax.set_title("query adapter: held-out R@1 vs pairs used")
     ax.legend(fontsize=8)
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig)
 
 
 def run_train_adapter(settings: Settings, config: AdapterJobConfig, encoder: Encoder | None = None) -> dict[str, Any]:
