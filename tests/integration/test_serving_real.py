@@ -203,6 +203,9 @@ def test_cli_serve_ask_and_sigterm_drain(real_home: Path, models_dir: Path, tmp_
             thread.start()
         while not results:
             time.sleep(0.005)
+        # Let every call reach the server before the signal: a call still on its way when the listener closes is
+        # refused (that is the drain contract), and this test is about the ones in flight.
+        time.sleep(0.5)
         server.send_signal(signal.SIGTERM)
         for thread in threads:
             thread.join()
