@@ -20,6 +20,7 @@ Configurations, measured in the same run so that their ratio means something on 
 from __future__ import annotations
 
 import argparse
+import itertools
 import multiprocessing as mp
 import os
 import random
@@ -63,7 +64,13 @@ def _serve(home: str, backend: str, mode: str, blender: str, conn: Any) -> None:
         assembled = build_pipeline(settings)
         if mode == "legacy":
             assembled.pipeline.query_encoder = None  # each stage encodes for itself, as before
-        running = start_server(assembled.pipeline, settings.server, settings.retrieval.top_k)
+        loop = None
+        if mode == "decisions":  # tuned plus the decision log, as `repliq serve` wires it (bench_decision_log)
+            from dialog.serving.feedback import build_serving_loop
+
+            settings = replace(settings, logging=replace(settings.logging, decisions=True))
+            loop = build_serving_loop(settings, assembled.pipeline.reranker)
+        running = start_server(assembled.pipeline, settings.server, settings.retrieval.top_k, loop=loop)
         conn.send({"port": running.port, "backend": getattr(assembled.encoder, "backend", "torch"),
                    "ranker": assembled.pipeline.versions.get("ranker")})
     except Exception as exc:  # reported to the parent, which records the configuration as skipped
@@ -71,6 +78,8 @@ def _serve(home: str, backend: str, mode: str, blender: str, conn: Any) -> None:
         return
     conn.recv()
     running.stop(grace=2.0)
+    if loop is not None:
+        loop.close()
     assembled.close()
     conn.send({"stopped": True})
 
@@ -96,8 +105,12 @@ def dialogues(home: str, n: int, seed: int = 0) -> list[list[tuple[str, str]]]:
     return out
 
 
-def run_level(port: int, concurrency: int, requests: list[list[tuple[str, str]]], timeout_s: float
-              ) -> tuple[list[float], dict[str, int], float]:
+def run_level(port: int, concurrency: int, requests: list[list[tuple[str, str]]], timeout_s: float,
+              seconds: float = 0.0, shed_backoff_s: float = 0.0) -> tuple[list[float], dict[str, int], float]:
+    """Closed-loop clients. With ``seconds`` > 0 they cycle through ``requests`` until time is up (goodput over
+    a fixed window, not a burst); otherwise each request is sent once. A client told RESOURCE_EXHAUSTED
+    waits ``shed_backoff_s`` before its next call, as a well-behaved client backs off from a shedding server
+    (without it, shed calls come straight back and the load generator itself eats the cores)."""
     import grpc
 
     from repliq.v1 import chat_pb2, chat_pb2_grpc
@@ -107,10 +120,11 @@ def run_level(port: int, concurrency: int, requests: list[list[tuple[str, str]]]
     latencies: list[float] = []
     codes: dict[str, int] = {}
     lock = threading.Lock()
-    cursor = iter(range(len(requests)))
+    cursor = itertools.cycle(range(len(requests))) if seconds > 0 else iter(range(len(requests)))
+    stop_at = time.perf_counter() + seconds if seconds > 0 else float("inf")
 
     def worker() -> None:
-        while True:
+        while time.perf_counter() < stop_at:
             with lock:
                 i = next(cursor, None)
             if i is None:
@@ -128,6 +142,8 @@ def run_level(port: int, concurrency: int, requests: list[list[tuple[str, str]]]
                 codes[code] = codes.get(code, 0) + 1
                 if code == "OK":
                     latencies.append(elapsed)
+            if code == "RESOURCE_EXHAUSTED" and shed_backoff_s > 0:
+                time.sleep(shed_backoff_s)
 
     wall = run_concurrently(worker, concurrency)
     channel.close()
@@ -165,7 +181,7 @@ def stop(run: dict[str, Any]) -> None:
 
 
 def measure(runs: list[dict[str, Any]], levels: list[int], traffic: list[list[tuple[str, str]]], warmup: int,
-            timeout_s: float) -> None:
+            timeout_s: float, seconds: float = 0.0, shed_backoff_s: float = 0.0) -> None:
     """Level by level, every configuration back to back, so a change in the machine's other load hits
     all of them alike."""
     for level in levels:
@@ -173,9 +189,11 @@ def measure(runs: list[dict[str, Any]], levels: list[int], traffic: list[list[tu
             if "skipped" in run:
                 continue
             run_level(run["_port"], level, traffic[:warmup], timeout_s)  # warm-up, not counted
-            latencies, codes, wall = run_level(run["_port"], level, traffic[warmup:], timeout_s)
+            latencies, codes, wall = run_level(run["_port"], level, traffic[warmup:], timeout_s, seconds,
+                                               shed_backoff_s)
             ms = np.array(latencies) * 1000 if latencies else np.array([np.nan])
-            row = {"concurrency": level, "requests": len(traffic) - warmup, "ok": codes.get("OK", 0),
+            row = {"concurrency": level, "requests": sum(codes.values()), "ok": codes.get("OK", 0),
+                   "seconds": round(wall, 1),
                    "errors": {k: v for k, v in codes.items() if k != "OK"},
                    "rps": round(codes.get("OK", 0) / wall, 2),
                    "p50_ms": round(float(np.percentile(ms, 50)), 1),
@@ -213,11 +231,15 @@ def section(runs: list[dict[str, Any]], args: argparse.Namespace) -> str:
                      for t, lg in zip(tuned["levels"], legacy["levels"], strict=True)]
             ratios.append(f"- {backend}, tuned / legacy requests/s: " + ", ".join(parts))
     ranker = next((r["ranker"] for r in runs if "ranker" in r), "?")
+    seconds, backoff = getattr(args, "seconds", 0.0), getattr(args, "shed_backoff_ms", 0.0)
+    measured = (f"Each level runs {seconds:.0f} s of closed-loop clients cycling through {args.requests} "
+                f"dialogues; a client told RESOURCE_EXHAUSTED backs off {backoff:.0f} ms before its next call,"
+                if seconds > 0 else f"{args.requests} measured requests per level")
     return (
         "## Serving under concurrency (issue 13) — `bench/bench_serving.py`\n\n"
         f"The default pipeline of the workspace (ranker: `{ranker}`; generation off) over real gRPC on loopback; "
-        f"the load generator is a separate process. {args.requests} measured requests per level after "
-        f"{args.warmup} warm-up requests (not counted); errors are any non-OK status (RESOURCE_EXHAUSTED "
+        f"the load generator is a separate process. {measured} after {args.warmup} warm-up requests (not "
+        "counted); req/s counts OK answers only (goodput); errors are any non-OK status (RESOURCE_EXHAUSTED "
         "from the bounded queue included); machine load is the 1-minute load average after the level. "
         "`tuned` is this version; `legacy` the behaviour before it (no queue "
         "bound, every stage encodes on its own, torch's default threads), in the same run. "
@@ -237,6 +259,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=200, help="measured requests per level")
     parser.add_argument("--warmup", type=int, default=100, help="uncounted requests before each level")
     parser.add_argument("--timeout", type=float, default=10.0, help="client deadline per request, seconds")
+    parser.add_argument("--seconds", type=float, default=0.0, help="measure each level for this long, cycling "
+                        "through the traffic (goodput); 0 sends --requests once (default)")
+    parser.add_argument("--shed-backoff-ms", type=float, default=0.0, help="a client told RESOURCE_EXHAUSTED "
+                        "waits this long before its next call (default 0: straight back)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave results and docs alone")
     parser.add_argument("--render", type=Path, help="rewrite the doc section from a saved results JSON; no run")
     args = parser.parse_args(argv)
@@ -247,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
 
         record = json.loads(args.render.read_text(encoding="utf-8"))
         args.requests, args.warmup = record["requests"], record["warmup"]
+        args.seconds, args.shed_backoff_ms = record.get("seconds", 0.0), record.get("shed_backoff_ms", 0.0)
         write_results("serving", {k: v for k, v in record.items() if k not in ("benchmark", "machine")},
                       section(record["runs"], args))
         return 0
@@ -260,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--modes: unknown {unknown}; choose from {', '.join(MODES)}")
     runs = [start(args.home, backend, mode, args.blender) for backend in backends for mode in modes]
     try:
-        measure(runs, levels, dialogues(args.home, args.warmup + args.requests), args.warmup, args.timeout)
+        measure(runs, levels, dialogues(args.home, args.warmup + args.requests), args.warmup, args.timeout,
+                args.seconds, args.shed_backoff_ms / 1000)
     finally:
         for run in runs:
             if "_process" in run:
@@ -272,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         from bench.report import write_results
 
         write_results("serving", {"requests": args.requests, "warmup": args.warmup, "levels": levels,
+                                  "seconds": args.seconds, "shed_backoff_ms": args.shed_backoff_ms,
                                   "shared_machine": True, "runs": runs}, section(runs, args))
     return 0
 
