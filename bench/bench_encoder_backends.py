@@ -1,21 +1,27 @@
-"""Encoder backends side by side: torch fp32, ONNX Runtime fp32 and ONNX Runtime int8, in one run.
+"""Encoder backends side by side: torch fp32, ONNX Runtime fp32 and every int8 rung of the export ladder, in one run.
 
 Per backend: ms per query at batch 1 and at batch 32, and sentences/s at batch 32, on real bilingual
 queries (the starter bank, with the model's query prefix). Rounds interleave the backends (torch, fp32,
 int8, torch, ...) and the median round is reported, so a burst of load from other processes on a shared
 machine hits every backend alike; the ratios to torch are the numbers to read.
 
-Needs the export made by `repliq models prepare` (it also records the fidelity gate quoted here).
+Needs the export made by `repliq models prepare` (it also records the fidelity gate quoted here). The
+export keeps one int8 file; with ``--rungs`` every rung of ``retriever.onnx_quantize.INT8_LADDER`` is
+re-quantized from the export's fp32 model into a scratch directory and timed too, beside the gate
+verdict `repliq models prepare` recorded for it.
 
-    python -m bench.bench_encoder_backends [--model e5-small] [--threads 1] [--rounds 5]
+    python -m bench.bench_encoder_backends [--model e5-small] [--threads 1] [--rounds 5] [--rungs]
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from bench.report import markdown_table, write_results
@@ -41,7 +47,7 @@ def _ms_per_query(encode: Callable[[list[str]], Any], texts: list[str], batch: i
     return 1000 * (time.perf_counter() - started) / len(texts)
 
 
-def _backends(model: str, threads: int) -> dict[str, Any]:
+def _backends(model: str, threads: int, rungs: Path | None) -> dict[str, Any]:
     import torch
 
     from core.models.registry import resolve
@@ -51,13 +57,48 @@ def _backends(model: str, threads: int) -> dict[str, Any]:
     settings = load_settings()
     model_dir = resolve(model, settings.models_dir)
     torch.set_num_threads(threads)
-    return {"torch fp32": Encoder(model_dir, device="cpu", num_threads=threads),
-            "onnx fp32": OnnxEncoder(model_dir, "fp32", num_threads=threads),
-            "onnx int8": OnnxEncoder(model_dir, "int8", num_threads=threads)}
+    backends = {"torch fp32": Encoder(model_dir, device="cpu", num_threads=threads),
+                "onnx fp32": OnnxEncoder(model_dir, "fp32", num_threads=threads),
+                "onnx int8": OnnxEncoder(model_dir, "int8", num_threads=threads)}
+    if rungs is not None:
+        for name, export_dir in _rung_exports(model_dir, rungs).items():
+            backends[f"rung {name}"] = OnnxEncoder(model_dir, "int8", num_threads=threads, export_dir=export_dir)
+    return backends
 
 
-def run(model: str, threads: int, rounds: int, singles: int, batched: int) -> dict[str, Any]:
-    backends = _backends(model, threads)
+def _rung_exports(model_dir: Path, scratch: Path) -> dict[str, Path]:
+    """One scratch export per ladder rung: the export's manifest with that rung's file as its int8 variant."""
+    from core.atomic import atomic_write_json, sha256_file
+    from retriever.onnx_encoder import EXPORT_MANIFEST, ONNX_DIR, read_export
+    from retriever.onnx_quantize import INT8_LADDER, quantize
+
+    export = read_export(model_dir)
+    assert export is not None, f"{model_dir} has no ONNX export; run `repliq models prepare` first"
+    fp32 = model_dir / ONNX_DIR / export["variants"]["fp32"]["file"]
+    out = {}
+    for recipe in INT8_LADDER:
+        folder = scratch / recipe.name
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "model.int8.onnx"
+        quantize(fp32, path, recipe)
+        entry = {"file": path.name, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+        atomic_write_json(folder / EXPORT_MANIFEST, {**export, "variants": {"int8": entry}})
+        out[recipe.name] = folder
+    return out
+
+
+def run(model: str, threads: int, rounds: int, singles: int, batched: int, rungs: bool = False) -> dict[str, Any]:
+    scratch = Path(tempfile.mkdtemp(prefix="rungs-")) if rungs else None
+    try:
+        backends = _backends(model, threads, scratch)
+        return _measure(backends, model, threads, rounds, singles, batched)
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _measure(backends: dict[str, Any], model: str, threads: int, rounds: int, singles: int,
+             batched: int) -> dict[str, Any]:
     texts = _queries(max(singles, batched))
     for encoder in backends.values():  # warm-up: first calls allocate and tune kernels
         encoder.encode_queries(texts[:32])
@@ -83,6 +124,7 @@ def run(model: str, threads: int, rounds: int, singles: int, batched: int) -> di
             "export": {key: onnx.export.get(key) for key in ("selected", "warnings", "thresholds")},
             "gates": {variant: entry.get("gate") for variant, entry in onnx.export["variants"].items()},
             "int8_recipe": onnx.export["variants"]["int8"].get("recipe"),
+            "cpu_int8_flags": onnx.export.get("cpu_int8_flags"),
             "int8_candidates": {name: c["gate"] for name, c in (onnx.export.get("candidates") or {}).items()}}
 
 
@@ -101,9 +143,6 @@ def section(record: dict[str, Any]) -> str:
                           recall or "not measured", "passed" if gate["passed"] else "failed"])
     gates = markdown_table(["export", "mean cosine to torch", "min cosine", "R@1/10 ONNX vs torch", "gate"],
                            gate_rows)
-    ladder = "\n".join(f"- `{name}`: mean cosine {g['mean_cosine']:.4f}; "
-                       + ("passed" if g["passed"] else "failed: " + "; ".join(g["failures"]))
-                       for name, g in record.get("int8_candidates", {}).items())
     return (f"## Encoder backends (issue 13) — `bench/bench_encoder_backends.py`\n\n"
             f"{record['model']}, {record['threads']} intra-op thread(s), real bilingual queries with the query "
             f"prefix; median of {record['rounds']} interleaved rounds ({record['queries_batch1']} single queries "
@@ -111,14 +150,31 @@ def section(record: dict[str, Any]) -> str:
             "other jobs while this ran (see the load average below), so absolute numbers are pessimistic; the "
             "ratios to torch come from the same rounds.\n\n"
             f"{table}\n\nFidelity gate recorded by `repliq models prepare` (int8 recipe "
-            f"`{record['int8_recipe']}`; `backend = \"auto\"` serves `{record['export']['selected']}`):\n\n{gates}\n\n"
-            "The int8 recipes tried (ladder order: per-tensor, per-channel, per-channel with the feed-forward "
-            f"down-projections in fp32; the first to pass would be served):\n\n{ladder}\n\n"
-            "R@1/10 is over 300 held-out contexts per language, so one context whose gold changes rank moves it "
-            "by 0.33 points: the 0.5-point budget allows one net flip. Russian joke dialogues have many "
-            "near-tied candidates, and the per-channel recipes flip several of them although their vectors stay within "
-            "0.995 cosine of torch; the gate then serves ONNX fp32, which is exact and still faster than torch "
-            "at batch 1.\n")
+            f"`{record['int8_recipe']}`; `backend = \"auto\"` serves `{record['export']['selected']}`; CPU int8 "
+            f"features where it ran: {', '.join(record.get('cpu_int8_flags') or []) or 'not recorded'}):\n\n"
+            f"{gates}\n\n{_ladder_table(record)}\n")
+
+
+def _ladder_table(record: dict[str, Any]) -> str:
+    """Every rung of the int8 ladder: its gate verdict (from the export manifest) and, when timed, its speed."""
+    from retriever.onnx_quantize import INT8_LADDER
+
+    rows = []
+    for recipe in INT8_LADDER:
+        gate = record.get("int8_candidates", {}).get(recipe.name)
+        timed = record["results"].get(f"rung {recipe.name}", {})
+        recall = {lang: f"{100 * g['onnx']:.1f} vs {100 * g['torch']:.1f}"
+                  for lang, g in (gate or {}).get("retrieval", {}).items()}
+        verdict = "not gated (an earlier rung passed)" if gate is None else (
+            "passed" if gate["passed"] else "failed: " + "; ".join(gate["failures"]))
+        rows.append([f"`{recipe.name}`", f"{gate['mean_cosine']:.4f}" if gate else "-",
+                     f"{gate['min_cosine']:.4f}" if gate else "-", recall.get("en", "-"), recall.get("ru", "-"),
+                     timed.get("ms_per_query_batch1", "-"), timed.get("ms_per_query_batch32", "-"), verdict])
+    return ("The int8 ladder, in the order the export climbs it (the first rung to pass is served; R@1/10 over "
+            "300 held-out contexts per language, ONNX vs torch; ms/query from the rounds above when run with "
+            "`--rungs`):\n\n" + markdown_table(
+                ["rung", "mean cosine", "min cosine", "en R@1/10", "ru R@1/10", "ms/query b1", "ms/query b32",
+                 "gate"], rows))
 
 
 def main() -> None:
@@ -128,11 +184,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--singles", type=int, default=64, help="single queries per round")
     parser.add_argument("--batched", type=int, default=256, help="queries in batches of 32 per round")
+    parser.add_argument("--rungs", action="store_true", help="also re-quantize and time every int8 ladder rung")
     args = parser.parse_args()
-    record = run(args.model, args.threads, args.rounds, args.singles, args.batched)
+    record = run(args.model, args.threads, args.rounds, args.singles, args.batched, args.rungs)
     write_results(NAME, record, section(record))
     for name, row in record["results"].items():
-        print(f"{name:10} b1 {row['ms_per_query_batch1']:7.2f} ms  b32 {row['ms_per_query_batch32']:7.2f} ms  "
+        print(f"{name:40} b1 {row['ms_per_query_batch1']:7.2f} ms  b32 {row['ms_per_query_batch32']:7.2f} ms  "
               f"{row['sentences_per_s_batch32']:7.1f}/s  x{row['speedup_batch1']} / x{row['speedup_batch32']}")
 
 

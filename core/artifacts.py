@@ -53,6 +53,7 @@ KINDS: dict[str, ArtifactKind] = {k.kind: k for k in (
     ArtifactKind("specificity-proxy", 2, "repliq train reward --kind specificity", "artifacts/reward-specificity"),
     ArtifactKind("relevance", 2, "repliq train reward --kind relevance", "artifacts/reward-relevance"),
     ArtifactKind("preference-reward", 2, "repliq train reward --kind preference", "artifacts/reward-preference"),
+    ArtifactKind("sensibleness-judge", 1, "repliq train judge", "artifacts/judge"),
     ArtifactKind("rl-run", 1, "repliq rl tune", "artifacts/rl-run"),
     ArtifactKind("labeling-batch", 1, "repliq ssa export", "any --out directory"),
     ArtifactKind("prompt-pool", 1, "repliq train prompts", "artifacts/prompt-pool"),

@@ -27,6 +27,7 @@ Everything here is plain text arithmetic (microseconds per candidate), so it run
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,11 +37,18 @@ from core.types import Candidate, Context, Turn
 _NON_WORD = re.compile(r"[\W_]+")
 
 
+# Bank phrases come back request after request; their keys and shingles are pure functions of the text,
+# so they are computed once (bounded: a bank of millions does not pin them all).
+_TEXT_CACHE = 65_536
+
+
+@functools.lru_cache(maxsize=_TEXT_CACHE)
 def similarity_key(text: str) -> str:
     """Lower case, ``ё`` as ``е``, punctuation and spacing collapsed: the text as a reader compares it."""
     return _NON_WORD.sub(" ", text.casefold().replace("ё", "е")).strip()
 
 
+@functools.lru_cache(maxsize=_TEXT_CACHE)
 def char_shingles(text: str, n: int = 3) -> frozenset[str]:
     """Character n-grams of the padded :func:`similarity_key`; a text shorter than ``n`` is one shingle."""
     key = f" {similarity_key(text)} "
@@ -49,6 +57,7 @@ def char_shingles(text: str, n: int = 3) -> frozenset[str]:
     return frozenset(key[i: i + n] for i in range(len(key) - n + 1))
 
 
+@functools.lru_cache(maxsize=_TEXT_CACHE)
 def token_set(text: str) -> frozenset[str]:
     return frozenset(similarity_key(text).split())
 

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from core.executor import ExecutorConfig
 from core.training_corpora import BlenderCorpora
 
 
@@ -69,7 +70,8 @@ class BuilderConfig:
     seed: int = 0
     dev_fraction: float = 0.1
     test_fraction: float = 0.1
-    batch_size: int = 64
+    batch_size: int = 64  # contexts per batch: the unit an executor worker annotates
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)  # where pools and features are computed
 
 
 # The pools `repliq train blender` builds unless told. No retrieved negatives: the bank's top hits are often
@@ -237,6 +239,8 @@ class RLRunConfig:
     samples_in_report: int = 20
     # Seeds the dev samples (teacher reference, report samples, intervals); the policy has its own.
     seed: int = 0
+    # Near-tie rule (rl.policy_guard): logits by which another reply must beat π_ref's top one to replace it.
+    tie_tolerance: float = 0.05
 
 
 # Topical-Chat training pairs for the retriever: about two turns of each train-split conversation.
@@ -279,6 +283,7 @@ class RewardJobConfig:
     relevance_pairs: int = 1500
     # The specificity proxy (its ``teacher_lm`` is replaced by ``[lm] name``: the LM that scores the bank).
     proxy: ProxyConfig = field(default_factory=lambda: WORKSPACE_PROXY)
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)  # where the teacher LM scores the bank
 
 
 @dataclass(frozen=True)
@@ -290,6 +295,7 @@ class BankScoreConfig:
     batch_size: int = 32
     # torch threads; 0 leaves torch's default (all cores).
     threads: int = 0
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
 
 
 @dataclass(frozen=True)
@@ -298,6 +304,7 @@ class IndexBuildConfig:
     full: bool = False
     # Encoder name or local model directory; None keeps ``[encoder] name``.
     encoder: str | None = None
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
 
 
 @dataclass

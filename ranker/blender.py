@@ -142,6 +142,11 @@ class Blender:
         """Booster margins (the lambdarank logits); one thread, since pools are small."""
         return np.asarray(self.booster.predict(X, raw_score=True, num_threads=1), dtype=np.float64)
 
+    def pool_scores(self, X: np.ndarray) -> np.ndarray:
+        """One pool's scores as :meth:`rerank` orders them; an RL policy adds its near-tie rule
+        (``rl.policy_guard.TieBrokenPolicy``)."""
+        return self.raw_scores(X)
+
     def contributions(self, X: np.ndarray) -> np.ndarray:
         """(rows, features + 1) SHAP-style contributions; the last column is the bias; rows sum to the score."""
         return np.asarray(self.booster.predict(X, pred_contrib=True, num_threads=1), dtype=np.float64)
@@ -173,7 +178,7 @@ class Blender:
         if not candidates:
             return []
         X = self.features(context, candidates)
-        scores = self.raw_scores(X)
+        scores = self.pool_scores(X)
         contrib = self.contributions(X) if explain else None
         names = self.manifest.feature_names
         for i, cand in enumerate(candidates):

@@ -17,19 +17,20 @@ appears in two splits.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
 import logging
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from itertools import islice
 from pathlib import Path
 
 import numpy as np
 
 from core.atomic import atomic_write_bytes
 from core.corpora import ContextPair, split_of
+from core.executor import Executor, LocalExecutor, WorkerFactory
 from core.job_configs import BuilderConfig
 from core.text import normalize_text
 from core.types import SOURCE_BANK, Candidate, Context, QueryPassageEncoder
@@ -43,6 +44,7 @@ GenerateFn = Callable[[list[Context], str], list[list[Candidate]]]
 # Cosine between each context's retrieval query and each text, the same score the retriever reports.
 SimilarityFn = Callable[[list[Context], list[list[str]]], list[np.ndarray]]
 HumanLabels = dict[str, dict[str, tuple[str, int]]]  # context_id -> normalized key -> (text, label)
+Item = tuple[ContextPair, list[Candidate]]  # a context and the generated candidates its pool gets
 MAX_LABEL = 3
 
 
@@ -140,12 +142,6 @@ def load_human_labels(path: Path) -> HumanLabels:
     return labels
 
 
-def _batches(items: Iterable[ContextPair], size: int) -> Iterator[list[ContextPair]]:
-    iterator = iter(items)
-    while batch := list(islice(iterator, size)):
-        yield batch
-
-
 @dataclass
 class _Group:
     pair: ContextPair
@@ -154,7 +150,13 @@ class _Group:
     labels: list[float]
 
 
-class _Builder:
+class PoolBuilder:
+    """Each context's pool: gold, random and corpus negatives, retrieved and generated candidates, labels.
+
+    Plain data (the bank's candidates, the corpus replies, the labels), so it pickles to executor workers;
+    every draw is seeded by the context, so any worker builds any context's pool the same way.
+    """
+
     def __init__(self, bank: Sequence[Candidate], config: BuilderConfig, human: HumanLabels | None,
                  pairs: Sequence[ContextPair] = ()) -> None:
         self.config, self.human = config, human or {}
@@ -267,51 +269,91 @@ def encoder_similarity(encoder: QueryPassageEncoder, context_turns: int) -> Simi
     return similarity
 
 
+@dataclass
+class PoolFeaturizer:
+    """A batch of contexts -> each one's group and feature rows (None: no negative); what an executor worker runs.
+
+    A batch depends on its own contexts alone (the draws are seeded per context), so any worker given the same
+    resources computes any batch the same way, and the driver only has to put the batches back in order.
+    """
+
+    builder: PoolBuilder
+    annotators: Sequence[Annotator]
+    retrieve: RetrieveFn | None = None
+    similarity: SimilarityFn | None = None
+
+    def __call__(self, items: list[Item]) -> list[tuple[_Group, np.ndarray] | None]:
+        retrieved: dict[int, list[Candidate]] = {}
+        k = self.builder.config.k_retrieved
+        if self.retrieve is not None and k > 0:
+            for lang in sorted({pair.language for pair, _ in items}):
+                idx = [i for i, (pair, _) in enumerate(items) if pair.language == lang]
+                retrieved.update(zip(idx, self.retrieve([items[i][0].context for i in idx], lang, k), strict=True))
+        groups = [self.builder.group(pair, retrieved.get(i, []), generated)
+                  for i, (pair, generated) in enumerate(items)]
+        kept = [g for g in groups if len(g.pool) >= 2]
+        if not kept:
+            return [None] * len(groups)
+        if self.similarity is not None:
+            _fill_similarity(kept, self.similarity)
+        blocks = iter(annotate_all(self.annotators, [g.pair.context for g in kept], [g.pool for g in kept]))
+        return [(g, next(blocks)) if len(g.pool) >= 2 else None for g in groups]
+
+
+def _with_generated(batch: list[ContextPair], generate: GenerateFn | None) -> list[Item]:
+    """The batch's contexts with their generated candidates: drawn here, by the caller's generator and budget."""
+    generated: dict[int, list[Candidate]] = {}
+    for lang in sorted({p.language for p in batch}) if generate is not None else []:
+        idx = [i for i, p in enumerate(batch) if p.language == lang]
+        generated.update(zip(idx, generate([batch[i].context for i in idx], lang), strict=True))
+    return [(pair, generated.get(i, [])) for i, pair in enumerate(batch)]
+
+
 def build_ranking_dataset(
     pairs: Iterable[ContextPair], annotators: Sequence[Annotator], bank: Sequence[Candidate], *,
     retrieve: RetrieveFn | None = None, generate: GenerateFn | None = None, similarity: SimilarityFn | None = None,
     human_labels: HumanLabels | None = None, config: BuilderConfig | None = None,
     resources: dict[str, str] | None = None, progress: Callable[[int], None] | None = None,
+    executor: Executor | None = None, worker: Callable[[PoolBuilder], WorkerFactory] | None = None,
 ) -> RankingDataset:
     """Candidates, labels and features for every pair; groups without a single negative are skipped.
 
     ``progress`` is called with the number of pairs done after each batch (encoding dominates the time).
+    Pools and features are computed batch by batch on ``executor`` (default: this process) by ``worker(builder)``,
+    a factory (picklable for Ray) that rebuilds the retriever, encoder and annotators in each worker; without it,
+    by ``retrieve``, ``similarity`` and ``annotators`` as given, in this process. Generated candidates are drawn
+    here first, by the caller's generator; the batches are put back in order whatever order they finish in.
     """
     config = config or BuilderConfig()
     pairs = list(pairs)
-    builder = _Builder(bank, config, human_labels, pairs)
-    names = feature_names(annotators)
-    blocks: list[np.ndarray] = []
-    groups_out: list[_Group] = []
-    skipped = 0
-    for batch in _batches(pairs, config.batch_size):
-        retrieved: dict[int, list[Candidate]] = {}
-        generated: dict[int, list[Candidate]] = {}
-        for lang in sorted({p.language for p in batch}):
-            idx = [i for i, p in enumerate(batch) if p.language == lang]
-            contexts = [batch[i].context for i in idx]
-            if retrieve is not None and config.k_retrieved > 0:
-                retrieved.update(zip(idx, retrieve(contexts, lang, config.k_retrieved), strict=True))
-            if generate is not None:
-                generated.update(zip(idx, generate(contexts, lang), strict=True))
-        groups = [builder.group(p, retrieved.get(i, []), generated.get(i, [])) for i, p in enumerate(batch)]
-        skipped += sum(len(g.pool) < 2 for g in groups)
-        groups = [g for g in groups if len(g.pool) >= 2]
-        if not groups:
-            continue
-        if similarity is not None:
-            _fill_similarity(groups, similarity)
-        blocks.extend(annotate_all(annotators, [g.pair.context for g in groups], [g.pool for g in groups]))
-        groups_out.extend(groups)
+    builder = PoolBuilder(bank, config, human_labels, pairs)
+    batches = [_with_generated(pairs[start:start + config.batch_size], generate)
+               for start in range(0, len(pairs), config.batch_size)]
+    executor = executor or LocalExecutor()
+    if worker is not None:
+        factory = worker(builder)
+    elif executor.name == "local":
+        factory = functools.partial(PoolFeaturizer, builder, annotators, retrieve, similarity)
+    else:
+        raise ValueError(f"the {executor.name} executor needs a worker factory that rebuilds the retriever, "
+                         "encoder and annotators in each worker; or build with the local executor")
+    done: dict[int, list[tuple[_Group, np.ndarray] | None]] = {}
+    for index, built in executor.map(factory, batches):
+        done[index] = built
         if progress is not None:
-            progress(len(batch))
+            progress(len(built))
+    rows = [row for index in range(len(batches)) for row in done[index]]
+    kept = [row for row in rows if row is not None]
+    groups_out = [group for group, _ in kept]
     if not groups_out:
         raise DatasetError("no usable context: every pool had only the gold reply; give a bank or a retriever")
-    if skipped:
-        log.warning("skipped %d contexts with no negative candidates (no bank phrases in their language?)", skipped)
+    if len(rows) > len(kept):
+        log.warning("skipped %d contexts with no negative candidates (no bank phrases in their language?)",
+                    len(rows) - len(kept))
     return RankingDataset(
-        X=np.vstack(blocks).astype(np.float32), y=np.array([y for g in groups_out for y in g.labels], np.float32),
-        group_sizes=np.array([len(g.pool) for g in groups_out], np.int64), feature_names=names,
+        X=np.vstack([block for _, block in kept]).astype(np.float32),
+        y=np.array([y for g in groups_out for y in g.labels], np.float32),
+        group_sizes=np.array([len(g.pool) for g in groups_out], np.int64), feature_names=feature_names(annotators),
         context_ids=[g.pair.context_id for g in groups_out],
         conversation_ids=[g.pair.conversation_id for g in groups_out],
         splits=[split_of(g.pair.conversation_id, config.dev_fraction, config.test_fraction) for g in groups_out],

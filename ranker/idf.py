@@ -3,6 +3,10 @@
 NIDF (normalized inverse document frequency, as used in studies of specificity in chit-chat) maps a
 word's IDF onto [0, 1] between the most common and the rarest word of the table, so "specific" can be
 compared across tables of different sizes. Words the table has never seen count as the rarest.
+
+A candidate's per-phrase quantities (its BM25 term weights, its NIDF mean and max) depend only on its
+words and the table, and bank phrases recur in request after request, so each table remembers them
+for its most recent :data:`DOC_CACHE_SIZE` distinct phrases.
 """
 
 from __future__ import annotations
@@ -12,13 +16,15 @@ import math
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 from core.atomic import atomic_write_json, sha256_json
 from core.text import word_tokens
 
 FORMAT_VERSION = 1
+# Distinct phrases whose per-phrase statistics a table keeps (the default bank has ~14,000).
+DOC_CACHE_SIZE = 32768
 
 
 class IdfTableError(ValueError):
@@ -41,6 +47,12 @@ class IdfTable:
         nidf = {w: (self._raw_idf(c) - min_idf) / span if span > 0 else 1.0 for w, c in self.df.items()}
         object.__setattr__(self, "_nidf", nidf)
         object.__setattr__(self, "_bm25_idf", {w: self._raw_bm25_idf(c) for w, c in self.df.items()})
+        object.__setattr__(self, "bm25_weights", lru_cache(maxsize=DOC_CACHE_SIZE)(self._bm25_weights))
+        object.__setattr__(self, "nidf_stats", lru_cache(maxsize=DOC_CACHE_SIZE)(self._nidf_stats))
+
+    def __reduce__(self) -> tuple[type[IdfTable], tuple[int, dict[str, int], float]]:
+        """Pickled as its three fields; the caches are rebuilt, never shipped."""
+        return (IdfTable, (self.n_docs, self.df, self.avg_doc_len))
 
     @classmethod
     def build(cls, documents: Iterable[str], min_df: int = 1) -> IdfTable:
@@ -78,6 +90,22 @@ class IdfTable:
     def nidf_values(self, words: Iterable[str]) -> list[float]:
         table = self._nidf  # type: ignore[attr-defined]
         return [table.get(w, 1.0) for w in words]
+
+    def _bm25_weights(self, document: tuple[str, ...], k1: float, b: float) -> dict[str, float]:
+        """Each distinct word of ``document`` (first-occurrence order) -> idf * saturated term frequency.
+
+        Cached per document as ``bm25_weights(document, k1, b)``; the arithmetic is term for term the one
+        :func:`ranker.bm25.bm25_many` does, so sums over it match that function bit for bit. The cached dict
+        is shared by every caller: read it, never modify it.
+        """
+        tf = Counter(document)
+        norm = k1 * (1 - b + b * len(document) / max(self.avg_doc_len, 1e-9))
+        return {w: self.bm25_idf(w) * tf[w] * (k1 + 1) / (tf[w] + norm) for w in tf}
+
+    def _nidf_stats(self, words: tuple[str, ...]) -> tuple[float, float]:
+        """(mean, max) NIDF of ``words`` (non-empty); cached per phrase as ``nidf_stats(words)``."""
+        values = self.nidf_values(words)
+        return sum(values) / len(values), max(values)
 
     @cached_property
     def hash(self) -> str:

@@ -33,7 +33,7 @@ from core.atomic import (
     sha256_bytes,
     sha256_json,
 )
-from retriever.index import IndexChecksumError, VectorIndex
+from retriever.index import IndexChecksumError, VectorIndex, query_probe
 
 if TYPE_CHECKING:
     from core.config import Settings
@@ -89,7 +89,7 @@ class IndexManifest:
     dim: int
     counts: dict[str, int]
     kinds: dict[str, str]
-    params: dict[str, int]
+    params: dict[str, Any]  # index settings, and under "ivf_tuning" what the compressed shards chose and measured
     shard_checksums: dict[str, str]
     phrases_sha256: str
     content_sha256: str
@@ -204,9 +204,9 @@ def _write_snapshot(root: Path, shards: dict[str, VectorIndex], stored: dict[int
             encoder_weights_sha256=encoder.manifest.weights_sha256, dim=encoder.dim,
             counts={lang: len(shard) for lang, shard in shards.items()},
             kinds={lang: shard.kind for lang, shard in shards.items()},
-            params={"flat_max": config.flat_max, "hnsw_m": config.hnsw_m,
-                    "hnsw_ef_construction": config.hnsw_ef_construction,
-                    "hnsw_ef_search": config.hnsw_ef_search},
+            params={"flat_max": config.flat_max, "hnsw_m": config.hnsw_m, "hnsw_ef_construction":
+                    config.hnsw_ef_construction, "hnsw_ef_search": config.hnsw_ef_search, "ivf_min": config.ivf_min,
+                    "ivf_tuning": {lang: shard.tuning for lang, shard in shards.items() if shard.tuning}},
             shard_checksums=checksums, phrases_sha256=phrases_sha, content_sha256=_content_sha(stored),
             checksum=sha256_json({"shards": checksums, "phrases": phrases_sha}),
             created=datetime.now(UTC).isoformat(timespec="seconds"), faiss_version=faiss.__version__,
@@ -239,7 +239,9 @@ def _full_build(root: Path, state: _BankState, encoder: Encoder, settings: Setti
     ids = sorted(state.current)
     vectors = encoder.encode_passages([state.current[pid][2] for pid in ids], progress=progress)
     groups = _group(ids, [state.current[pid][0] for pid in ids], vectors)
-    shards = {lang: VectorIndex.build(gids, gvecs, settings.retrieval) for lang, (gids, gvecs) in groups.items()}
+    shards = {lang: VectorIndex.build(gids, gvecs, settings.retrieval, tune_queries=query_probe(  # big banks only
+        [state.current[pid][2] for pid in gids], encoder.encode_queries, settings.retrieval))
+        for lang, (gids, gvecs) in groups.items()}
     stored = {pid: entry[:2] for pid, entry in state.current.items()}
     return _write_snapshot(root, shards, stored, state.revision, encoder, settings)
 

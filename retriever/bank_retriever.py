@@ -69,10 +69,11 @@ class BankRetriever:
 
     def _candidates(self, vectors: np.ndarray, language: str, k: int) -> list[list[Candidate]]:
         out = []
-        for hits in self.bank_index.search(vectors, language, k + _SLACK):
+        index = self.bank_index  # one snapshot per call: a hot publish may swap the attribute meanwhile
+        for hits in index.search(vectors, language, k + _SLACK):
             row: list[Candidate] = []
             for phrase_id, score in hits:
-                info = self.bank_index.phrase(phrase_id)
+                info = index.phrase(phrase_id)
                 if info is None or info.status != APPROVED or info.language != language:
                     continue
                 row.append(Candidate(

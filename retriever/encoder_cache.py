@@ -53,6 +53,13 @@ class CachingEncoder:
     def seed_passages(self, texts: Sequence[str], vectors: np.ndarray) -> None:
         self._seeded.update(zip(texts, vectors, strict=True))
 
+    def forget(self) -> None:
+        """Drop every vector but the seeded ones: what is encoded next no longer depends on what came before
+        (an encoder's rows shift in the last bits with the batch they are encoded in)."""
+        with self._lock:
+            self._queries.clear()
+            self._passages.clear()
+
     def _lookup(self, cache: dict[str, np.ndarray], texts: Sequence[str],
                 encode: Callable[[list[str]], np.ndarray], fixed: dict[str, np.ndarray]) -> np.ndarray:
         with self._lock:  # a server calls from many threads; encoding itself runs unlocked

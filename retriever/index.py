@@ -2,8 +2,8 @@
 
 HNSW cannot delete vectors, so removal is a tombstone: each FAISS row maps to a phrase id and a live
 flag. Searches over-fetch past dead rows; when too many rows are dead the index is rebuilt from its
-own stored vectors (no re-encoding). Vectors are L2-normalized on the way in, so inner product is
-cosine similarity.
+own stored vectors (no re-encoding; the compressed kind from its decoded codes). Vectors are
+L2-normalized on the way in, so inner product is cosine similarity.
 """
 
 from __future__ import annotations
@@ -21,8 +21,11 @@ import numpy as np
 
 from core.atomic import atomic_directory, atomic_write_bytes, atomic_write_json
 from core.config import RetrievalConfig
+from retriever import ivf
 
-KINDS = ("auto", "flat", "hnsw")
+KINDS = ("auto", "flat", "hnsw", ivf.KIND)
+_RANK = {"flat": 0, "hnsw": 1, ivf.KIND: 2}  # growing past a threshold moves right, never back on add
+query_probe = ivf.query_probe
 COMPACT_DEAD_FRACTION = 0.25
 # Below this many rows a rebuild is cheaper than keeping garbage around but not worth triggering.
 COMPACT_MIN_ROWS = 64
@@ -37,6 +40,13 @@ class IndexChecksumError(ValueError):
 def _tune_faiss() -> None:
     # The shipped threshold (128000) keeps batched flat search off BLAS, ~9x slower (MODELS.md).
     faiss.cvar.distance_compute_blas_threshold = BLAS_THRESHOLD
+
+
+def set_search_threads(threads: int) -> None:
+    """FAISS's OpenMP threads for this process (a process-wide setting: serving sets it once at start)."""
+    if threads < 1:
+        raise ValueError(f"search threads must be at least 1, got {threads}")
+    faiss.omp_set_num_threads(threads)
 
 
 class _ReadWriteLock:
@@ -96,13 +106,15 @@ def _as_ids(ids: np.ndarray | list[int]) -> np.ndarray:
 
 
 class VectorIndex:
-    """Cosine top-k over int64 ids: exact below ``config.flat_max`` live vectors, HNSW above (``auto``).
+    """Cosine top-k over int64 ids: exact below ``config.flat_max`` live vectors, HNSW above (``auto``),
+    IVF-PQ with a refine stage above ``config.ivf_min`` (retriever/ivf.py; its ``tuning`` says how it was tuned).
 
     On a machine where ``faiss.get_num_gpus() > 0`` a flat index is mirrored to all GPUs for search
     (the CPU copy stays the master for edits and saving). That path is untested: no GPU here.
     """
 
-    def __init__(self, dim: int, config: RetrievalConfig | None = None, kind: str = "auto") -> None:
+    def __init__(self, dim: int, config: RetrievalConfig | None = None, kind: str = "auto",
+                 tune_queries: np.ndarray | None = None) -> None:
         if dim <= 0:
             raise ValueError(f"dimension must be positive, got {dim}")
         if kind not in KINDS:
@@ -115,28 +127,47 @@ class VectorIndex:
         self._row_ids = np.empty(0, dtype=np.int64)
         self._live = np.empty(0, dtype=bool)
         self._row_of: dict[int, int] = {}
+        self.tuning: dict = {}
+        # Query vectors the compressed kind is tuned on (ivf.tune); kept in memory only.
+        self.tune_queries = None if tune_queries is None else _as_matrix(tune_queries, dim, "tuning queries")
         self._index, self.kind = self._new_index(0)
         self._search_index: faiss.Index = self._index
 
     @classmethod
     def build(cls, ids: np.ndarray | list[int], vectors: np.ndarray, config: RetrievalConfig | None = None,
-              kind: str = "auto") -> VectorIndex:
+              kind: str = "auto", tune_queries: np.ndarray | None = None) -> VectorIndex:
         matrix = np.asarray(vectors, dtype=np.float32)
         if matrix.ndim != 2:
             raise ValueError(f"vectors must be a 2-D array (n, dim), got shape {matrix.shape}")
-        index = cls(matrix.shape[1], config, kind)
+        index = cls(matrix.shape[1], config, kind, tune_queries)
         index.add(ids, matrix)
+        return index
+
+    @classmethod
+    def build_chunked(cls, dim: int, chunks: ivf.Chunks, total: int, config: RetrievalConfig | None = None,
+                      kind: str = "auto", tune_queries: np.ndarray | None = None) -> VectorIndex:
+        """Build from ``chunks`` (callable -> (ids, vectors) chunks, read thrice) without holding every vector."""
+        index = cls(dim, config, kind, tune_queries)
+
+        def checked() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+            for ids, vectors in chunks():
+                yield index._validated(ids, vectors)
+
+        with index._lock.write():
+            index._fill(checked, total)
         return index
 
     def _kind_for(self, n_live: int) -> str:
         if self.requested_kind != "auto":
             return self.requested_kind
+        if n_live > self.config.ivf_min:
+            return ivf.KIND
         return "hnsw" if n_live > self.config.flat_max else "flat"
 
     def _new_index(self, n_live: int) -> tuple[faiss.Index, str]:
         kind = self._kind_for(n_live)
-        if kind == "flat":
-            return faiss.IndexFlatIP(self.dim), kind
+        if kind == "flat" or kind == ivf.KIND:  # an IVF index needs training data: flat until the first add
+            return faiss.IndexFlatIP(self.dim), "flat"
         index = faiss.IndexHNSWFlat(self.dim, self.config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = self.config.hnsw_ef_construction
         index.hnsw.efSearch = self.config.hnsw_ef_search
@@ -199,8 +230,11 @@ class VectorIndex:
         return id_array, matrix
 
     def _add_unlocked(self, id_array: np.ndarray, matrix: np.ndarray) -> None:
+        if _RANK[self._kind_for(len(self._row_of) + len(id_array))] > _RANK[self.kind]:
+            self._rebuild((id_array, matrix))  # straight into the bigger kind, not appended to the old first
+            return
         self._append(id_array, matrix)
-        if self._needs_compaction() or (self.kind == "flat" and self._kind_for(len(self._row_of)) == "hnsw"):
+        if self._needs_compaction():
             self._rebuild()
         else:
             self._refresh_search_index()
@@ -231,20 +265,29 @@ class VectorIndex:
         with self._lock.write():
             self._rebuild()
 
-    def _rebuild(self) -> None:
-        vectors = self._stored_vectors()[self._live]
-        ids = self._row_ids[self._live]
-        self._index, self.kind = self._new_index(len(ids))
+    def _rebuild(self, extra: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        rows = np.flatnonzero(self._live)
+        total = len(rows) + (0 if extra is None else len(extra[0]))
+        self._fill(ivf.stored_chunks(self._index, rows, self._row_ids[rows], extra), total)
+
+    def _fill(self, chunks: ivf.Chunks, total: int) -> None:
+        """Replace the index by a new one of the kind ``total`` rows call for, holding the chunks' rows."""
         self._row_ids = np.empty(0, dtype=np.int64)
         self._live = np.empty(0, dtype=bool)
-        self._row_of = {}
-        self._append(ids, vectors)
+        self._row_of, previous, self.tuning = {}, self.tuning, {}
+        if total and self._kind_for(total) == ivf.KIND:
+            self._index, shape = ivf.trained_index(self.dim, chunks, total, self.config)
+            self.kind = ivf.KIND
+        else:
+            self._index, self.kind = self._new_index(total)
+        for ids, vectors in chunks():
+            self._append(ids, vectors)
+        if len(self._row_of) != len(self._row_ids) or len(self._row_ids) != total:
+            raise ValueError(f"the vector chunks held {len(self._row_ids)} rows ({len(self._row_of)} distinct ids), "
+                             f"expected {total} distinct ids")
+        if self.kind == ivf.KIND:
+            self.tuning = ivf.tune(self._index, shape, chunks, total, self.config, self.tune_queries, previous)
         self._refresh_search_index()
-
-    def _stored_vectors(self) -> np.ndarray:
-        if self._index.ntotal == 0:
-            return np.empty((0, self.dim), dtype=np.float32)
-        return self._index.reconstruct_n(0, self._index.ntotal)
 
     def vectors(self, ids: np.ndarray | list[int]) -> np.ndarray:
         """Stored (normalized) vectors of live ids; KeyError names the first unknown id."""
@@ -306,7 +349,7 @@ class VectorIndex:
             blobs = {"index.faiss": faiss.serialize_index(self._index).tobytes(),
                      "row_ids.npy": _npy_bytes(self._row_ids), "live.npy": _npy_bytes(self._live)}
             meta = {"dim": self.dim, "kind": self.kind, "requested_kind": self.requested_kind,
-                    "live": len(self._row_of), "rows": len(self._row_ids)}
+                    "live": len(self._row_of), "rows": len(self._row_ids), "tuning": self.tuning}
         with atomic_directory(Path(directory)) as scratch:
             for name, blob in blobs.items():  # fsynced: CURRENT may point here right after
                 atomic_write_bytes(scratch / name, blob)
@@ -327,7 +370,7 @@ class VectorIndex:
         meta = json.loads((directory / "meta.json").read_text(encoding="utf-8"))
         index = cls(int(meta["dim"]), config, meta.get("requested_kind", meta["kind"]))
         index._index = faiss.deserialize_index(np.frombuffer(blobs["index.faiss"], dtype=np.uint8))
-        index.kind = meta["kind"]
+        index.kind, index.tuning = meta["kind"], meta.get("tuning", {})
         index._row_ids = np.load(io.BytesIO(blobs["row_ids.npy"]), allow_pickle=False).astype(np.int64)
         index._live = np.load(io.BytesIO(blobs["live.npy"]), allow_pickle=False).astype(bool)
         if not (index._index.d == index.dim and index._index.ntotal == len(index._row_ids) == len(index._live)):

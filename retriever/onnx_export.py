@@ -1,9 +1,9 @@
 """Export a sentence-transformers encoder to ONNX (fp32 and dynamic int8) behind a fidelity gate.
 
-The ladder, stopping at the first that passes the gate: int8 per-tensor, int8 per-channel, int8
-per-channel with the feed-forward down-projections kept in fp32 (the layers whose activations carry
-BERT's outliers), then fp32 itself. Whatever is chosen, and why the others were not, goes into the
-export manifest, so ``Encoder.from_config`` picks ONNX only where the gate passed.
+The int8 ladder (:data:`retriever.onnx_quantize.INT8_LADDER`) is climbed until a rung passes the gate;
+every rung's verdict goes into the export manifest (``candidates``), then fp32 is gated too. Whatever
+is chosen, and why the others were not, is recorded, so ``Encoder.from_config`` picks ONNX only where
+the gate passed and ``[encoder] backend = "auto"`` serves the first passing int8 rung.
 
 The gate: mean cosine to the torch vectors >= :data:`MIN_MEAN_COSINE` on a fixed bilingual probe set
 (the starter bank, encoded as queries and as passages), and, through a ``retrieval_gate`` the caller
@@ -15,7 +15,6 @@ fails the gate: an unmeasured export is not a verified one.
 from __future__ import annotations
 
 import fcntl
-import logging
 import platform
 import shutil
 import time
@@ -41,20 +40,17 @@ from retriever.onnx_encoder import (
     stale_reason,
     verified_file,
 )
+from retriever.onnx_quantize import INT8_LADDER, cpu_int8_flags, quantize
 
 MIN_MEAN_COSINE = 0.995
 MAX_RECALL_DROP_POINTS = 0.5
-GATE_VERSION = 1
+GATE_VERSION = 2  # 2: the four-rung int8 ladder of retriever.onnx_quantize
 OPSET = 17
 GATE_LANGUAGES = ("en", "ru")
 PROBE_PER_LANGUAGE = 160
 # One intra-op thread for the gate's encoding: on a shared 2-core machine two threads spin-wait for a
 # busy core and run several times slower.
 GATE_THREADS = 1
-# (name, per_channel, keep the feed-forward down-projections in fp32)
-INT8_LADDER = (("int8-per-tensor", False, False), ("int8-per-channel", True, False),
-               ("int8-per-channel-ffn-fp32", True, True))
-
 # (torch reference, candidate) -> per language {"torch": R@1/10, "onnx": R@1/10, "n": contexts}.
 RetrievalGate = Callable[[QueryPassageEncoder, QueryPassageEncoder], dict[str, dict[str, float]]]
 Say = Callable[[str], None]
@@ -159,7 +155,8 @@ def _build_ladder(model_dir: Path, scratch: Path, retrieval_gate: RetrievalGate 
         "format": EXPORT_FORMAT, "gate_version": GATE_VERSION, "source_model_id": source.model_id,
         "source_identity": source.short_id, "source_weights_sha256": source.weights_sha256, "dim": reference.dim,
         "tokenizer": tokenizer, "opset": OPSET, "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
-        "machine": platform.machine(), "gate_data": sorted(gate_data), "thresholds": {
+        "machine": platform.machine(), "cpu_int8_flags": cpu_int8_flags(), "gate_data": sorted(gate_data),
+        "thresholds": {
             "min_mean_cosine": MIN_MEAN_COSINE, "max_recall_drop_points": MAX_RECALL_DROP_POINTS,
             "languages": required_languages(model_dir)},
         "variants": {"fp32": _file_entry(scratch / "model.fp32.onnx")}, "candidates": {}, "selected": None,
@@ -167,33 +164,14 @@ def _build_ladder(model_dir: Path, scratch: Path, retrieval_gate: RetrievalGate 
     say(f"{source.model_id}: torch reference vectors for {len(probe)} probe texts")
     checker = _GateChecker(reference, probe, retrieval_gate, export["thresholds"]["languages"])
     _check_tokenizer(reference, model_dir, scratch, export, probe)
-    best: tuple[float, str] | None = None
-    for name, per_channel, keep_ffn in INT8_LADDER:
-        path = scratch / f"model.{name}.onnx"
-        excluded = quantize(scratch / "model.fp32.onnx", path, per_channel=per_channel, keep_ffn_fp32=keep_ffn)
-        export["variants"]["int8"] = _file_entry(path)
-        atomic_write_json(scratch / EXPORT_MANIFEST, export)
-        gate = checker.check(OnnxEncoder(model_dir, "int8", num_threads=GATE_THREADS, export_dir=scratch))
-        export["candidates"][name] = {"per_channel": per_channel, "fp32_nodes": len(excluded), "gate": gate,
-                                      "bytes": path.stat().st_size}
-        say(f"{source.model_id}: {name}: {_gate_line(gate)}")
-        if best is None or gate["mean_cosine"] > best[0]:
-            best = (gate["mean_cosine"], name)
-        if gate["passed"]:
-            export["selected"] = "int8"
-            break
-    assert best is not None
-    kept = name if export["selected"] else best[1]  # the passing recipe, else the closest one for the record
-    for candidate in export["candidates"]:
-        if candidate != kept:
-            (scratch / f"model.{candidate}.onnx").unlink(missing_ok=True)
+    kept = _climb_ladder(model_dir, scratch, export, checker, say, source.model_id)
     export["variants"]["int8"] = {**_file_entry(scratch / f"model.{kept}.onnx"), "recipe": kept,
                                   "gate": export["candidates"][kept]["gate"]}
     fp32_gate = checker.check(OnnxEncoder(model_dir, "fp32", num_threads=GATE_THREADS, export_dir=scratch))
     export["variants"]["fp32"]["gate"] = fp32_gate
     say(f"{source.model_id}: fp32: {_gate_line(fp32_gate)}")
     if export["selected"] is None:
-        why = "; ".join(export["candidates"][kept]["gate"]["failures"])
+        why = "; ".join(f"{name}: {', '.join(c['gate']['failures'])}" for name, c in export["candidates"].items())
         if fp32_gate["passed"]:
             export["selected"] = "fp32"
             export["warnings"].append(f"int8 failed the fidelity gate ({why}); ONNX fp32 is used instead")
@@ -201,6 +179,33 @@ def _build_ladder(model_dir: Path, scratch: Path, retrieval_gate: RetrievalGate 
             export["warnings"].append(f"no ONNX variant passed the fidelity gate (int8: {why}; fp32: "
                                       f"{'; '.join(fp32_gate['failures'])}); backend auto keeps torch")
     return export
+
+
+def _climb_ladder(model_dir: Path, scratch: Path, export: dict[str, Any], checker: _GateChecker, say: Say,
+                  model_id: str) -> str:
+    """Gate each int8 rung in turn, recording every verdict; keep the passing rung's file (else the one
+    closest to torch, for the record) and return its name. ``export["selected"]`` becomes "int8" on a pass."""
+    best: tuple[float, str] | None = None
+    for recipe in INT8_LADDER:
+        path = scratch / f"model.{recipe.name}.onnx"
+        excluded = quantize(scratch / "model.fp32.onnx", path, recipe)
+        export["variants"]["int8"] = _file_entry(path)
+        atomic_write_json(scratch / EXPORT_MANIFEST, export)
+        gate = checker.check(OnnxEncoder(model_dir, "int8", num_threads=GATE_THREADS, export_dir=scratch))
+        export["candidates"][recipe.name] = {**recipe.describe(), "fp32_nodes": len(excluded), "gate": gate,
+                                             "bytes": path.stat().st_size}
+        say(f"{model_id}: {recipe.name}: {_gate_line(gate)}")
+        if best is None or gate["passed"] or gate["mean_cosine"] > best[0]:
+            if best is not None:
+                (scratch / f"model.{best[1]}.onnx").unlink(missing_ok=True)
+            best = (gate["mean_cosine"], recipe.name)
+        else:
+            path.unlink()  # only the passing rung's file, or the closest failed one, stays
+        if gate["passed"]:
+            export["selected"] = "int8"
+            break
+    assert best is not None
+    return best[1]
 
 
 def _file_entry(path: Path) -> dict[str, Any]:
@@ -315,28 +320,3 @@ def export_fp32(reference: Encoder, out_path: Path) -> dict[str, Any]:
                                         "sentence_embedding": {0: "batch"}})
     return {"path": "", "max_seq_length": int(st.max_seq_length),
             "do_lower_case": bool(getattr(transformer, "do_lower_case", False))}
-
-
-def ffn_down_projections(onnx_path: Path) -> list[str]:
-    """MatMul nodes of each layer's feed-forward output (not attention's output projection)."""
-    import onnx
-
-    graph = onnx.load(str(onnx_path), load_external_data=False).graph
-    return [node.name for node in graph.node if node.op_type == "MatMul" and "/output/dense/" in node.name
-            and "/attention/" not in node.name]
-
-
-def quantize(fp32_path: Path, out_path: Path, per_channel: bool, keep_ffn_fp32: bool) -> list[str]:
-    """Dynamic int8 (QInt8 weights) of ``fp32_path``; returns the nodes left in fp32."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    excluded = ffn_down_projections(fp32_path) if keep_ffn_fp32 else []
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # the quantizer logs advice to the root logger on every call
-    try:
-        quantize_dynamic(str(fp32_path), str(out_path), weight_type=QuantType.QInt8, per_channel=per_channel,
-                         nodes_to_exclude=excluded)
-    finally:
-        root.setLevel(level)
-    return excluded

@@ -13,6 +13,7 @@ The cache file is rewritten atomically after every chunk.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -23,9 +24,10 @@ from pathlib import Path
 
 from core.atomic import atomic_write_json
 from core.corpora import ContextPair
+from core.executor import BatchFn, Executor, LocalExecutor, WorkerFactory
 from core.lm.prompts import fit_prompt, prompt_format
-from core.lm.scoring import score_continuations
-from core.lm.wrapper import AnyLM, DecoderLM, LMOptions, NullLM
+from core.lm.scoring import LMScore, score_continuations
+from core.lm.wrapper import AnyLM, DecoderLM, LMOptions, LMSpec, NullLM
 from core.types import Context
 from retriever.prompt_pool import Demonstration, PromptPool
 
@@ -114,10 +116,32 @@ def build_prompt(lm: DecoderLM, demos: Sequence[Demonstration], context: Context
     return fitted.text
 
 
+def _continuations(lm: DecoderLM, items: list[tuple[str, str]], batch_size: int,
+                   max_prompt_tokens: int) -> list[LMScore]:
+    return score_continuations(lm, [p for p, _ in items], [c for _, c in items], batch_size=batch_size,
+                               max_prompt_tokens=max_prompt_tokens)
+
+
+@dataclass(frozen=True)
+class ContinuationWorker:
+    """Worker factory for ``core.executor``: each worker (a Ray actor) loads the scoring LM once."""
+
+    spec: LMSpec
+    batch_size: int
+    max_prompt_tokens: int
+
+    def __call__(self) -> BatchFn:
+        return functools.partial(_continuations, self.spec.load(), batch_size=self.batch_size,
+                                 max_prompt_tokens=self.max_prompt_tokens)
+
+
 def score_prompts(lm: AnyLM, prompts: Sequence[str], replies: Sequence[str], languages: Sequence[str],
                   cache: ScoreCache | None, config: ScoringConfig, desc: str = "scoring prompts",
-                  progress: bool = True) -> list[float]:
-    """Mean log-probability of each reply after its prompt, cached by content; NaN without an LM."""
+                  progress: bool = True, executor: Executor | None = None) -> list[float]:
+    """Mean log-probability of each reply after its prompt, cached by content; NaN without an LM.
+
+    With a Ray ``executor`` the chunks are scored on its actors and saved to the cache as they come back.
+    """
     from tqdm import tqdm
 
     if isinstance(lm, NullLM):
@@ -127,11 +151,15 @@ def score_prompts(lm: AnyLM, prompts: Sequence[str], replies: Sequence[str], lan
     keys = [cache_key(lm.lm_id, p, c) for p, c in zip(prompts, continuations, strict=True)]
     rows = cache.rows if cache is not None else {}
     todo = list({key: i for i, key in enumerate(keys) if key not in rows}.values())  # once per distinct key
+    parts = [todo[start:start + config.chunk] for start in range(0, len(todo), config.chunk)]
+    executor = executor or LocalExecutor()
+    factory: WorkerFactory = (
+        (lambda: functools.partial(_continuations, lm, batch_size=config.batch_size,
+                                   max_prompt_tokens=config.max_prompt_tokens))
+        if executor.name == "local" else ContinuationWorker(lm.spec(), config.batch_size, config.max_prompt_tokens))
     with tqdm(total=len(todo), desc=desc, unit="seq", disable=not progress) as bar:
-        for start in range(0, len(todo), config.chunk):
-            part = todo[start:start + config.chunk]
-            scores = score_continuations(lm, [prompts[i] for i in part], [continuations[i] for i in part],
-                                         batch_size=config.batch_size, max_prompt_tokens=config.max_prompt_tokens)
+        for index, scores in executor.map(factory, [[(prompts[i], continuations[i]) for i in part] for part in parts]):
+            part = parts[index]
             for i, score in zip(part, scores, strict=True):
                 rows[keys[i]] = [score.sum_logprob, score.mean_logprob, float(score.n_tokens)]
             if cache is not None:
@@ -141,7 +169,8 @@ def score_prompts(lm: AnyLM, prompts: Sequence[str], replies: Sequence[str], lan
 
 
 def score_examples(lm: DecoderLM, pool: PromptPool, examples: Sequence[ContextPair], config: ScoringConfig,
-                   cache: ScoreCache | None, progress: bool = True) -> list[ExampleScores]:
+                   cache: ScoreCache | None, progress: bool = True,
+                   executor: Executor | None = None) -> list[ExampleScores]:
     """Each example's L candidates scored one at a time (UPRISE's one-demonstration scoring), plus zero-shot."""
     config.validate()
     prompts: list[str] = []
@@ -157,7 +186,8 @@ def score_examples(lm: DecoderLM, pool: PromptPool, examples: Sequence[ContextPa
             prompts.append(build_prompt(lm, demos, example.context, example.language, config))
             replies.append(example.response)
             languages.append(example.language)
-    scores = score_prompts(lm, prompts, replies, languages, cache, config, "scoring demonstrations", progress)
+    scores = score_prompts(lm, prompts, replies, languages, cache, config, "scoring demonstrations", progress,
+                           executor)
     out: list[ExampleScores] = []
     offset = 0
     for example, ids in plan:

@@ -12,7 +12,6 @@ costs most of the step time on a CPU and the few thousand pairs we train on touc
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -26,10 +25,10 @@ from core.artifacts import now, package_versions
 from core.atomic import atomic_directory, atomic_write_bytes, atomic_write_json, sha256_json
 from core.job_configs import RetrieverTrainConfig
 from core.models.manifest import ModelManifest
+from core.train_checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from retriever.pairs import TrainPair, duplicate_free_batches, pairs_hash
 
 StepCallback = Callable[[int, float], None]
-CHECKPOINT = "checkpoint"
 
 
 class TrainRunMismatch(RuntimeError):
@@ -83,34 +82,22 @@ def _optimizer(model: Any, config: RetrieverTrainConfig, total: int) -> tuple[An
 
 
 def _save_checkpoint(work_dir: Path, model: Any, optimizer: Any, scheduler: Any, state: dict[str, Any]) -> None:
-    import torch
-
-    with atomic_directory(work_dir / CHECKPOINT) as scratch:
-        weights = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-        torch.save({"weights": weights, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "torch_rng": torch.get_rng_state()}, scratch / "state.pt")
-        atomic_write_json(scratch / "state.json", state)
+    weights = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    save_checkpoint(work_dir, weights, optimizer, scheduler, state)
 
 
 def _load_checkpoint(work_dir: Path, run: dict[str, Any], model: Any, optimizer: Any,
                      scheduler: Any) -> dict[str, Any] | None:
     import torch
 
-    folder = work_dir / CHECKPOINT
-    if not (folder / "state.json").is_file():
+    found = load_checkpoint(work_dir, run, optimizer, scheduler, TrainRunMismatch, "training")
+    if found is None:
         return None
-    state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
-    if state.get("run") != run:
-        raise TrainRunMismatch(f"{work_dir} holds a checkpoint of another training run (different config, data or "
-                               "base model); use another work directory, or start over with resume=False")
-    saved = torch.load(folder / "state.pt", weights_only=True)
+    state, weights = found
     params = dict(model.named_parameters())
     with torch.no_grad():
-        for name, tensor in saved["weights"].items():
+        for name, tensor in weights.items():
             params[name].copy_(tensor)
-    optimizer.load_state_dict(saved["optimizer"])
-    scheduler.load_state_dict(saved["scheduler"])
-    torch.set_rng_state(saved["torch_rng"])
     return state
 
 

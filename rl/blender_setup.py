@@ -19,6 +19,7 @@ from retriever.adapter import adapter_identity
 from retriever.bank_index import BankIndex
 from retriever.encoder import Encoder
 from retriever.encoder_cache import CachingEncoder
+from rl.policy_guard import check_servable, serving_policy
 from rl.proxy import load_proxy_scorer
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,8 @@ def load_blender(settings: Settings, encoder: Encoder | CachingEncoder,
     each pool; the copy is made only when there is a blender to feed. The shipped default is skipped, with
     a warning, when it was trained for other inputs (another encoder, no adapter): it is a default, not a
     configuration the user asked for. ``[ranker] fallback = true`` turns any refusal into retrieval-only
-    serving, said in the log and in ``Versions``.
+    serving, said in the log and in ``Versions``. An RL policy that failed its guard is refused unless
+    ``[ranker] force_unguarded = true`` (``rl.policy_guard``); a servable one ranks with its near-tie rule.
     """
     path, shipped = blender_path(settings)
     if path is None:
@@ -106,4 +108,5 @@ def _checked_blender(settings: Settings, encoder: Encoder | CachingEncoder, bank
             f"blender at {path} was trained for other inputs ({detail}); run `repliq train blender` "
             "(or set [ranker] blender = \"none\")"
         )
-    return blender
+    check_servable(blender.manifest, path, settings.ranker.force_unguarded)
+    return serving_policy(blender)

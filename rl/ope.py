@@ -7,8 +7,9 @@ the served candidate a_i and its observed reward r_i. For a target policy π wit
 - SNIPS  V = Σ w_i r_i / Σ w_i                     (biased, O(1/n), but far less variance)
 - DR     V = mean(Σ_a π_i(a) r̂_i(a) + w_i (r_i − r̂_i(a_i)))   (unbiased if either μ or r̂ is right)
 
-r̂ is a ridge reward model on the candidates' features, cross-fitted (each fold predicted by a model
-that never saw it) so its errors do not correlate with the rewards it corrects. Every estimate has a
+r̂ is a ridge regression on the candidates' logged features and, when given, a reward model's scores of
+them (``rl.ope_rewards``: relevance, specificity, total), cross-fitted (each fold predicted by a model that
+never saw it) so its errors do not correlate with the rewards it corrects. Every estimate has a
 percentile bootstrap interval over decisions, the effective sample size (Σw)² / Σw² of the weights,
 and the target mass that falls where the logging policy never explored (which IPS cannot see and DR
 can only guess through r̂): a warning when it is not negligible.
@@ -112,11 +113,20 @@ def _design(X: np.ndarray) -> np.ndarray:
     return np.hstack([np.clip(filled / scale, -1e3, 1e3), missing.astype(np.float64), np.ones((len(X), 1))])
 
 
-def cross_fit_reward_model(data: LoggedDecisions, folds: int = 2, alpha: float = 1.0, seed: int = 0) -> np.ndarray:
-    """r̂ for every logged candidate; decisions of fold k are predicted by a model fit on the other folds."""
-    if data.features is None:
-        raise ValueError("the doubly robust estimate needs candidate features; log them (a blender must be serving)")
-    X = np.asarray(data.features, dtype=np.float64)
+def cross_fit_reward_model(data: LoggedDecisions, folds: int = 2, alpha: float = 1.0, seed: int = 0,
+                           model_scores: np.ndarray | None = None) -> np.ndarray:
+    """r̂ for every logged candidate; decisions of fold k are predicted by a model fit on the other folds.
+
+    ``model_scores`` (one row per logged candidate) are a reward model's outputs (``rl.ope_rewards``); they
+    join the logged features as regressors, so the fit calibrates the reward model to the observed rewards
+    instead of trusting its scale.
+    """
+    parts = [np.asarray(a, dtype=np.float64).reshape(len(data.logging_p), -1)
+             for a in (data.features, model_scores) if a is not None]
+    if not parts:
+        raise ValueError("the doubly robust estimate needs candidate features or reward-model scores; log features "
+                         "(a blender must be serving) or give a reward model")
+    X = np.hstack(parts)
     fold_of = np.random.default_rng(seed).integers(0, max(folds, 2), size=data.n)
     pool_of = np.repeat(np.arange(data.n), data.group_sizes)
     chosen = data.chosen_flat

@@ -22,6 +22,7 @@ reruns and retraining of the proxy never rescore a (model, context, reply) they 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -34,10 +35,11 @@ import numpy as np
 from scipy.stats import rankdata, spearmanr
 
 from core.atomic import atomic_write_text
+from core.executor import BatchFn, Executor, LocalExecutor, WorkerFactory
 from core.job_configs import DEFAULT_TEACHER
 from core.lm.bank_scores import ScoringBank as ScoringBankLike
 from core.lm.scoring import LMScore, ReplyScore, score_pairs, score_texts
-from core.lm.wrapper import AnyLM
+from core.lm.wrapper import AnyLM, DecoderLM, LMSpec
 from core.types import Context
 
 CANDIDATES: dict[str, Callable[[ReplyScore], float]] = {
@@ -123,12 +125,47 @@ def cache_key(lm_id: str, language: str, context: Context | None, reply: str, co
     return hashlib.sha1(blob.encode("utf-8")).hexdigest()
 
 
+@dataclass(frozen=True)
+class TeacherWorker:
+    """Worker factory for ``core.executor``: each worker (a Ray actor) loads the teacher LM once."""
+
+    spec: LMSpec
+    batch_size: int
+    context_turns: int
+
+    def __call__(self) -> BatchFn:
+        return functools.partial(_score_part, self.spec.load(), batch_size=self.batch_size,
+                                 context_turns=self.context_turns)
+
+
+def _score_part(lm: AnyLM, items: list[tuple[Context | None, str, str]], batch_size: int,
+                context_turns: int) -> list[tuple[list[float] | None, list[float]]]:
+    """``(cond, uncond)`` cache columns of ``(context or None, reply, language)`` items, in order."""
+    out: list[tuple[list[float] | None, list[float]]] = [([], [])] * len(items)
+    paired = [i for i, item in enumerate(items) if item[0] is not None]
+    alone = [i for i, item in enumerate(items) if item[0] is None]
+    if paired:
+        got = score_pairs(lm, [items[i][0] for i in paired], [items[i][1] for i in paired],  # type: ignore[misc]
+                          [items[i][2] for i in paired], batch_size=batch_size, context_turns=context_turns)
+        for i, s in zip(paired, got, strict=True):
+            out[i] = (_score_to_json(s.conditional), _score_to_json(s.unconditional))
+    if alone:
+        for i, u in zip(alone, score_texts(lm, [items[i][1] for i in alone], batch_size=batch_size), strict=True):
+            out[i] = (None, _score_to_json(u))
+    return out
+
+
 def score_with_cache(
     lm: AnyLM, contexts: Sequence[Context | None], replies: Sequence[str], languages: Sequence[str],
     cache: TeacherCache | None = None, chunk: int = 128, context_turns: int = 3, batch_size: int = 16,
     progress: Callable[[int, int], None] | None = None, save_every_s: float = 30.0,
+    executor: Executor | None = None,
 ) -> list[ReplyScore]:
-    """Reply scores; a ``None`` context scores the reply alone (its conditional side is NaN)."""
+    """Reply scores; a ``None`` context scores the reply alone (its conditional side is NaN).
+
+    With a Ray ``executor`` the chunks are scored on its actors (each loads ``lm`` again from its directory)
+    and land in the cache as they come back, so a killed run keeps what it received.
+    """
     if not len(contexts) == len(replies) == len(languages):
         raise ValueError(f"contexts, replies and languages differ in length "
                          f"({len(contexts)}, {len(replies)}, {len(languages)})")
@@ -137,34 +174,35 @@ def score_with_cache(
     rows = cache.rows if cache is not None else {}
     first = {key: i for i, key in reversed(list(enumerate(keys)))}
     todo = [first[key] for key in dict.fromkeys(keys) if key not in rows]
-    saved_at, unsaved = time.monotonic(), False
+    parts = [todo[start:start + chunk] for start in range(0, len(todo), chunk)]
+    executor = executor or LocalExecutor()
+    factory: WorkerFactory = (
+        (lambda: functools.partial(_score_part, lm, batch_size=batch_size, context_turns=context_turns))
+        if executor.name == "local" or not parts else TeacherWorker(_spec(lm), batch_size, context_turns))
+    saved_at, unsaved, done = time.monotonic(), False, 0
     try:
-        for start in range(0, len(todo), chunk):
-            part = todo[start:start + chunk]
-            paired = [i for i in part if contexts[i] is not None]
-            alone = [i for i in part if contexts[i] is None]
-            if paired:
-                got = score_pairs(lm, [contexts[i] for i in paired], [replies[i] for i in paired],  # type: ignore[misc]
-                                  [languages[i] for i in paired], batch_size=batch_size, context_turns=context_turns)
-                for i, s in zip(paired, got, strict=True):
-                    rows[keys[i]] = {"key": keys[i], "cond": _score_to_json(s.conditional),
-                                     "uncond": _score_to_json(s.unconditional)}
-            if alone:
-                got_alone = score_texts(lm, [replies[i] for i in alone], batch_size=batch_size)
-                for i, u in zip(alone, got_alone, strict=True):
-                    rows[keys[i]] = {"key": keys[i], "cond": None, "uncond": _score_to_json(u)}
-            unsaved = True
+        for index, results in executor.map(factory, [[(contexts[i], replies[i], languages[i]) for i in part]
+                                                     for part in parts]):
+            for i, (cond, uncond) in zip(parts[index], results, strict=True):
+                rows[keys[i]] = {"key": keys[i], "cond": cond, "uncond": uncond}
+            unsaved, done = True, done + len(parts[index])
             if cache is not None and time.monotonic() - saved_at >= save_every_s:
                 cache.save()
                 saved_at, unsaved = time.monotonic(), False
             if progress:
-                progress(min(start + chunk, len(todo)), len(todo))
+                progress(done, len(todo))
     finally:
         if cache is not None and unsaved:
             cache.save()
     nan = LMScore(math.nan, math.nan, 0)
     return [ReplyScore(_score_from_json(rows[k]["cond"]) if rows[k]["cond"] is not None else nan,
                        _score_from_json(rows[k]["uncond"])) for k in keys]
+
+
+def _spec(lm: AnyLM) -> LMSpec:
+    if not isinstance(lm, DecoderLM):
+        raise ValueError("teacher scoring on Ray needs a decoder LM; configure one or use --executor local")
+    return lm.spec()
 
 
 # ---- the correlation study -----------------------------------------------------------------------
@@ -277,11 +315,11 @@ class TeacherScorer:
     (Goodhart: the tuned policy is judged by the teacher, not by the proxy it was tuned on)."""
 
     def __init__(self, lm: AnyLM, definition: str = DEFAULT_DEFINITION, cache: TeacherCache | None = None,
-                 context_turns: int = 3, language: str | None = None) -> None:
+                 context_turns: int = 3, language: str | None = None, executor: Executor | None = None) -> None:
         if definition not in CANDIDATES:
             raise ValueError(f"unknown teacher definition {definition!r}; use one of {', '.join(CANDIDATES)}")
         self.lm, self.definition, self.cache = lm, definition, cache
-        self.context_turns, self.language = context_turns, language
+        self.context_turns, self.language, self.executor = context_turns, language, executor
 
     def __call__(self, contexts: Sequence[Context], texts: Sequence[str]) -> np.ndarray:
         from core.text import detect_language
@@ -289,7 +327,7 @@ class TeacherScorer:
         languages = [self.language or detect_language(t) for t in texts]
         needs_context = self.definition in CONDITIONAL
         scores = score_with_cache(self.lm, [c if needs_context else None for c in contexts], texts, languages,
-                                  self.cache, context_turns=self.context_turns)
+                                  self.cache, context_turns=self.context_turns, executor=self.executor)
         return teacher_values(scores, self.definition)
 
 

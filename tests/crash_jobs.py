@@ -25,11 +25,19 @@ from typing import Any
 
 PRELOAD = ["torch", "transformers", "sentence_transformers", "faiss", "lightgbm", "numpy", "sqlite3",
            "dialog.cli.main", "dialog.jobs.index_build", "dialog.jobs.train_blender", "core.bank.store",
-           "retriever.bank_index", "dialog.labeling.workflow", "ranker.blender"]
+           "retriever.bank_index", "dialog.labeling.workflow", "ranker.blender",
+           # The LM and RL jobs, and what they import lazily (matplotlib for their plots, transformers' LM parts).
+           "dialog.jobs.bank_score", "dialog.jobs.train_reward", "dialog.jobs.rl_tune", "rl.plots",
+           "matplotlib.figure", "matplotlib.backends.backend_agg", "transformers.masking_utils",
+           "transformers.modeling_layers"]
 # C functions whose call is an interesting moment to die: storage is being written or published.
 STORAGE_CALLS = frozenset({"write", "writelines", "flush", "fsync", "replace", "rename", "unlink", "rmdir", "mkdir",
                            "commit", "execute", "executemany", "executescript", "close", "truncate", "makedirs",
-                           "rmtree", "copyfile", "save", "write_index", "save_model", "dump", "_exchange"})
+                           "rmtree", "copyfile", "save", "write_index", "save_model", "dump", "_exchange",
+                           "rl.tune._save"})
+# Python functions recorded under a qualified name, since their short name is common elsewhere:
+# short name -> (the file's path ending, the recorded name).
+QUALIFIED = {"_save": ("rl/tune.py", "rl.tune._save")}
 _CONTEXT: Any = None
 
 
@@ -64,7 +72,8 @@ def publish(directory: str, version: str) -> int:
     return 0
 
 
-def _child(argv: list[str] | tuple[str, ...], kill_at: int, fsize_limit: int, conn: Connection) -> None:
+def _child(argv: list[str] | tuple[str, ...], kill_at: int | tuple[str, int], fsize_limit: int,
+           conn: Connection) -> None:
     """Run ``repliq argv`` (a list), or ``module:function`` with string arguments (a tuple)."""
     import importlib
 
@@ -83,16 +92,25 @@ def _child(argv: list[str] | tuple[str, ...], kill_at: int, fsize_limit: int, co
         resource.setrlimit(resource.RLIMIT_FSIZE, (fsize_limit, fsize_limit))
     calls = 0
     storage: list[tuple[int, str]] = []
-    record = kill_at < 0
+    # A named point: the n-th call of that storage function (call counts shift with timing, e.g. tqdm's
+    # refreshes, so "the last batch's write" is found by name, not by its number in a dry run).
+    target, occurrence = kill_at if isinstance(kill_at, tuple) else ("", 0)
+    record = not target and kill_at < 0
 
     def profile(frame: Any, event: str, arg: Any) -> None:
-        nonlocal calls
+        nonlocal calls, occurrence
         if event == "call" or event == "c_call":
             if calls == kill_at:
                 os.kill(os.getpid(), signal.SIGKILL)
-            if record:
+            if record or target:
                 name = frame.f_code.co_name if event == "call" else getattr(arg, "__name__", "")
-                if name in STORAGE_CALLS:
+                if event == "call" and name in QUALIFIED and frame.f_code.co_filename.endswith(QUALIFIED[name][0]):
+                    name = QUALIFIED[name][1]
+                if name == target:
+                    occurrence -= 1
+                    if occurrence == 0:
+                        os.kill(os.getpid(), signal.SIGKILL)
+                if record and name in STORAGE_CALLS:
                     storage.append((calls, name))
             calls += 1
 
@@ -114,8 +132,10 @@ def _child(argv: list[str] | tuple[str, ...], kill_at: int, fsize_limit: int, co
     conn.send(Run(False, rc, calls, storage, out.getvalue(), err.getvalue()))
 
 
-def run(argv: list[str] | tuple[str, ...], kill_at: int = -1, fsize_limit: int = 0, timeout_s: float = 300.0) -> Run:
-    """Run ``repliq argv`` in a child; kill it at call number ``kill_at`` (negative: let it finish)."""
+def run(argv: list[str] | tuple[str, ...], kill_at: int | tuple[str, int] = -1, fsize_limit: int = 0,
+        timeout_s: float = 300.0) -> Run:
+    """Run ``repliq argv`` in a child; kill it at call number ``kill_at`` (negative: let it finish), or at
+    the n-th call of a storage function, ``kill_at=(name, n)`` (names as in ``Run.storage_calls``)."""
     ctx = context()
     receiver, sender = ctx.Pipe(duplex=False)
     process = ctx.Process(target=_child, args=(argv, kill_at, fsize_limit, sender), daemon=True)

@@ -17,8 +17,9 @@ from datetime import UTC, datetime
 from sqlite3 import Connection
 from typing import Protocol
 
+from core.executor import BatchFn, Executor, LocalExecutor
 from core.lm.scoring import LMScore, score_texts
-from core.lm.wrapper import AnyLM, NullLM
+from core.lm.wrapper import AnyLM, LMSpec, NullLM
 
 
 class ScoredPhrase(Protocol):
@@ -63,24 +64,48 @@ def _stored_versions(bank: ScoringBank, lm_id: str) -> set[tuple[int, int]]:
         return {(int(pid), int(version)) for pid, version in rows}
 
 
-def score_bank(bank: ScoringBank, lm: AnyLM, batch_size: int = 32, progress: bool = True) -> BankScoreReport:
-    """Score approved phrases that have no score for this LM at their current version."""
+@dataclass(frozen=True)
+class TextScorer:
+    """Worker factory for ``core.executor``: each worker loads the LM once, then scores batches of texts."""
+
+    spec: LMSpec
+    batch_size: int
+
+    def __call__(self) -> BatchFn:
+        lm = self.spec.load()
+        return lambda texts: score_texts(lm, texts, batch_size=self.batch_size)
+
+
+def score_bank(bank: ScoringBank, lm: AnyLM | LMSpec, batch_size: int = 32, progress: bool = True,
+               executor: Executor | None = None) -> BankScoreReport:
+    """Score approved phrases that have no score for this LM at their current version.
+
+    ``lm`` is a loaded LM (scored in this process) or, for an executor whose workers load their own copy
+    (Ray), its ``LMSpec``. Each batch is committed as its scores arrive, whichever worker computed them.
+    """
     from tqdm import tqdm
 
     if isinstance(lm, NullLM):
         lm.require("bank scoring")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if isinstance(lm, LMSpec) or (executor is not None and executor.name != "local"):
+        # Workers elsewhere load their own copy; a loaded model is never shipped to them.
+        factory = TextScorer(lm if isinstance(lm, LMSpec) else lm.spec(), batch_size)
+    else:
+        loaded = lm
+        factory = lambda: lambda texts: score_texts(loaded, texts, batch_size=batch_size)  # noqa: E731
     started = time.monotonic()
     approved = list(bank.phrases(status="approved"))
     stored = _stored_versions(bank, lm.lm_id)
     todo = [p for p in approved if (p.id, p.version) not in stored]
     # Similar lengths in one batch waste less compute on padding.
     todo.sort(key=lambda p: len(p.text))
+    batches = [todo[start : start + batch_size] for start in range(0, len(todo), batch_size)]
+    texts = [[p.text for p in batch] for batch in batches]
     with tqdm(total=len(todo), unit="phrase", disable=not progress, desc=f"LM scores ({lm.lm_id})") as bar:
-        for start in range(0, len(todo), batch_size):
-            batch = todo[start : start + batch_size]
-            scores = score_texts(lm, [p.text for p in batch], batch_size=batch_size)
+        for index, scores in (executor or LocalExecutor()).map(factory, texts):
+            batch = batches[index]
             now = datetime.now(UTC).isoformat(timespec="seconds")
             with bank.connect(write=True) as conn:
                 conn.executemany(_UPSERT, [

@@ -99,6 +99,7 @@ class DecoderLM:
         self.eos_ids: frozenset[int] = self._collect_eos(model, tokenizer)
         self.vocab_size: int = int(model.config.get_text_config().vocab_size)
         self.accepts_logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
+        self.source: Path | None = None  # the directory ``from_dir`` loaded, for ``spec``
 
     @staticmethod
     def _collect_eos(model: Any, tokenizer: Any) -> frozenset[int]:
@@ -136,12 +137,7 @@ class DecoderLM:
             raise ValueError("int8 dynamic quantization runs on CPU only; use dtype 'bf16' on a GPU")
         if options.threads is not None:
             torch.set_num_threads(options.threads)
-        if (path / MANIFEST_NAME).exists():
-            manifest = ModelManifest.load(path)
-            short_id, languages = manifest.short_id, tuple(manifest.languages)
-        else:
-            # A directory without a manifest is named by its content, so its scores are never mixed up.
-            short_id, languages = f"{path.resolve().name}@{weights_digest(path)[:12]}", ()
+        short_id, languages = _identity(path)
         load_dtype = torch.bfloat16 if options.dtype == "bf16" else torch.float32
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=load_dtype)
@@ -152,7 +148,15 @@ class DecoderLM:
                 model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
         else:
             model.to(device)
-        return cls(model, tokenizer, short_id, options, languages)
+        lm = cls(model, tokenizer, short_id, options, languages)
+        lm.source = path
+        return lm
+
+    def spec(self) -> LMSpec:
+        """How another process (a Ray actor) loads this same LM; its thread count is left to that process."""
+        if self.source is None:
+            raise ValueError("this LM was not loaded from a directory, so no other process can load it again")
+        return LMSpec(str(self.source), replace(self.options, threads=None), self.lm_id)
 
     @classmethod
     def from_cache(cls, name: str, models_dir: Path, options: LMOptions | None = None) -> DecoderLM:
@@ -166,6 +170,40 @@ class DecoderLM:
 
     def decode(self, ids: list[int]) -> str:
         return str(self.tokenizer.decode(ids, skip_special_tokens=True))
+
+
+def _identity(path: Path) -> tuple[str, tuple[str, ...]]:
+    if (path / MANIFEST_NAME).exists():
+        manifest = ModelManifest.load(path)
+        return manifest.short_id, tuple(manifest.languages)
+    # A directory without a manifest is named by its content, so its scores are never mixed up.
+    return f"{path.resolve().name}@{weights_digest(path)[:12]}", ()
+
+
+@dataclass(frozen=True)
+class LMSpec:
+    """An LM as another process loads it (a Ray actor), with the ``lm_id`` it must turn out to have."""
+
+    path: str
+    options: LMOptions
+    lm_id: str
+
+    @classmethod
+    def of(cls, name: str, models_dir: Path, options: LMOptions) -> LMSpec:
+        """The spec, and so the ``lm_id`` a load would have, without loading the weights."""
+        from core.models.registry import resolve
+
+        options.validate()
+        path = Path(resolve(name, models_dir)).expanduser()
+        options = replace(options, dtype=resolve_dtype(options.dtype, _pick_device(options.device)), threads=None)
+        return cls(str(path), options, f"{_identity(path)[0]}:{options.dtype}")
+
+    def load(self) -> DecoderLM:
+        lm = DecoderLM.from_dir(self.path, self.options)
+        if lm.lm_id != self.lm_id:
+            raise RuntimeError(f"{self.path} loads as {lm.lm_id}, not {self.lm_id}: the model differs on this "
+                               "worker; give every Ray node the same model cache (`repliq models prepare`)")
+        return lm
 
 
 class NullLM:

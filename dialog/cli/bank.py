@@ -15,6 +15,7 @@ from core.bank.store import STATUSES
 from core.config import Settings
 from core.job_configs import BankScoreConfig
 from dialog.cli import editor
+from dialog.cli.executor import add_executor_flags, executor_config
 from dialog.jobs.common import open_bank
 
 FORMATS = ("csv", "jsonl", "yaml")
@@ -88,6 +89,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     history.add_argument("--limit", type=int, default=20)
     history.set_defaults(func=run_history)
     editor.register_bank_lint(sub)  # `repliq bank lint` lives with the editor tools
+    editor.register_bank_gaps(sub)  # `repliq bank gaps` too
 
 
 def register_changes(sub: argparse._SubParsersAction) -> None:
@@ -117,7 +119,9 @@ def register_score(sub: argparse._SubParsersAction) -> None:
     score.add_argument("--lm", help="LM name or directory (default: [lm] name from the config)")
     score.add_argument("--dtype", choices=("auto", "fp32", "bf16", "int8"), help="default: [lm] dtype from the config")
     score.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    score.add_argument("--threads", type=int, default=defaults.threads, help="torch threads (default: all cores)")
+    score.add_argument("--threads", type=int, default=defaults.threads,
+                       help="torch threads of the local executor (default: all cores)")
+    add_executor_flags(score)
     score.set_defaults(func=run_score)
 
 
@@ -199,7 +203,8 @@ def run_set_status(args: argparse.Namespace, settings: Settings) -> int:
 def run_score(args: argparse.Namespace, settings: Settings) -> int:
     from dialog.jobs.bank_score import bank_score
 
-    config = BankScoreConfig(lm=args.lm, dtype=args.dtype, batch_size=args.batch_size, threads=args.threads)
+    config = BankScoreConfig(lm=args.lm, dtype=args.dtype, batch_size=args.batch_size, threads=args.threads,
+                             executor=executor_config(args))
     print(bank_score(settings, config).summary())
     return 0
 

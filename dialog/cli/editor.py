@@ -51,6 +51,22 @@ def register_bank_lint(bank_actions: argparse._SubParsersAction) -> None:
     lint.set_defaults(func=run_bank_lint)
 
 
+def register_bank_gaps(bank_actions: argparse._SubParsersAction) -> None:
+    """`repliq bank gaps`, registered under `repliq bank` by dialog/cli/bank.py."""
+    gaps = bank_actions.add_parser("gaps", help="LM-drafted replies for contexts the bank answers poorly (as drafts)")
+    source = gaps.add_mutually_exclusive_group(required=True)
+    source.add_argument("--probe", help="dev dialogues (JSONL, core.corpora format); never test dialogues")
+    source.add_argument("--from-logs", nargs="?", const="", metavar="DIR",
+                        help="served contexts from the decision log (default <home>/decisions; needs log_user_text)")
+    gaps.add_argument("--limit", type=int, default=20, help="worst-answered contexts to draft for (default 20)")
+    gaps.add_argument("--replies", type=int, default=3, help="drafts asked of the LM per context (default 3)")
+    gaps.add_argument("--max-score", type=float, default=None,
+                      help="only contexts whose best bank cosine is below this (default: just the worst --limit)")
+    gaps.add_argument("--budget", type=float, default=300.0, help="LM seconds per context (default 300)")
+    gaps.add_argument("--who", default="", help="name in the drafts' history (default: gaps:<your login>)")
+    gaps.set_defaults(func=run_bank_gaps)
+
+
 def _open(settings: Settings) -> PhraseBank:
     from dialog.jobs.common import open_bank
 
@@ -136,4 +152,27 @@ def run_bank_lint(args: argparse.Namespace, settings: Settings) -> int:
     for rule, why in report.skipped.items():
         print(f"  not checked: {rule}: {why}")
     print(f"report: {json_path} and {html_path}")
+    return 0
+
+
+def run_bank_gaps(args: argparse.Namespace, settings: Settings) -> int:
+    from pathlib import Path
+
+    from dialog.editor.gaps import REPORT_FILE, GapOptions, logged_contexts, probe_contexts, run_gaps, write_report
+
+    if args.probe:
+        contexts = probe_contexts(Path(args.probe), settings.retrieval.context_turns)
+    else:
+        contexts = logged_contexts(Path(args.from_logs) if args.from_logs else
+                                   Path(settings.logging.dir or settings.home / "decisions"))
+    options = GapOptions(limit=args.limit, replies=args.replies, max_score=args.max_score, budget_s=args.budget)
+    with _open(settings) as bank:
+        report = run_gaps(bank, settings, contexts, options, who=args.who or f"gaps:{getpass.getuser()}",
+                          progress=lambda message: print(message, file=sys.stderr, flush=True))
+    write_report(report, settings.home / REPORT_FILE)
+    print(f"{report['contexts']} contexts, {len(report['gaps'])} gaps, {report['drafts']} drafts queued "
+          f"(source generated, status draft); report: {settings.home / REPORT_FILE}")
+    for gap in report["gaps"][:10]:
+        last = gap["context"][-1][1][:70] if gap["context"] else ""
+        print(f"  {gap['best_score']:+.3f} [{gap['language']}] {last!r}: {len(gap['drafts'])} drafts")
     return 0

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from core.config import Settings
 from core.job_configs import IndexBuildConfig
+from dialog.cli.executor import add_executor_flags, executor_config
 
 if TYPE_CHECKING:
     from retriever.bank_index import UpdateReport
@@ -25,6 +26,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     build.add_argument("--full", action="store_true", help="rebuild from scratch instead of updating")
     build.add_argument("--encoder", help="encoder name or local model directory (overrides the config)")
     build.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    add_executor_flags(build)
     build.set_defaults(func=run_build)
 
 
@@ -41,7 +43,8 @@ def run_build(args: argparse.Namespace, settings: Settings) -> int:
         bar.refresh()
 
     try:
-        report = index_build(settings, IndexBuildConfig(full=args.full, encoder=args.encoder), progress=progress)
+        config = IndexBuildConfig(full=args.full, encoder=args.encoder, executor=executor_config(args))
+        report = index_build(settings, config, progress=progress)
     finally:
         bar.close()
     print(json.dumps(report_json(report), ensure_ascii=False) if args.json else summary(report))

@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from core.config import ConfigError, Settings, load_settings
-from dialog.cli import artifacts, bank, editor, index, models, prompts, rl, serve, ssa, train
+from dialog.cli import artifacts, bank, editor, index, judge, models, prompts, rl, serve, ssa, train
 
 
 class UserError(Exception):
@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (models, bank, index, serve, ssa, train, rl, editor, artifacts, prompts):
+    for module in (models, bank, index, serve, ssa, train, rl, editor, artifacts, prompts, judge):
         module.register(commands)
     return parser
 

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from core.config import Settings
+from dialog.cli.executor import add_executor_flags, executor_config
 
 
 def _group(commands: argparse._SubParsersAction, name: str) -> argparse._SubParsersAction:
@@ -50,6 +51,7 @@ def register_train(sub: argparse._SubParsersAction) -> None:
                         help=f"L: demonstrations scored per example (default {defaults.scoring.candidates}; "
                              "UPRISE used 50)")
     parser.add_argument("--epochs", type=int, default=defaults.train.epochs)
+    add_executor_flags(parser)
     parser.set_defaults(func=run_train)
 
 
@@ -63,7 +65,7 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
     config = PromptJobConfig(corpora=PromptCorpora(chitchat_conversations=args.chitchat, russian=args.russian,
                                                    topicalchat=args.topicalchat),
                              pool_per_source=args.pool_per_source, examples_per_language=args.examples, lm=args.lm,
-                             threads=args.threads)
+                             threads=args.threads, executor=executor_config(args))
     config.scoring.candidates = args.candidates
     config.train.epochs = args.epochs
     report = run_train_prompts(settings, config)

@@ -1,4 +1,4 @@
-"""`repliq rl tune` and `repliq eval ranking`."""
+"""`repliq rl tune`, `repliq eval ranking` and `repliq eval teachers`."""
 
 from __future__ import annotations
 
@@ -51,9 +51,39 @@ def register_eval(commands: argparse._SubParsersAction) -> None:
     which.add_argument("--blender", type=Path, help="blender directory to score (default: the workspace blender)")
     which.add_argument("--no-blender", action="store_true", help="leave the blender out")
     ranking.set_defaults(func=run_eval)
+    register_teachers(ev_sub)
     from dialog.cli.offpolicy import register_offpolicy
 
     register_offpolicy(ev_sub)
+
+
+def register_teachers(ev_sub: argparse._SubParsersAction) -> None:
+    teachers = ev_sub.add_parser("teachers", help="which specificity teacher adds most beyond reply length, on the "
+                                                  "dev human signals (partial Spearman with bootstrap intervals)")
+    teachers.add_argument("--data", type=Path, help="folder with convai2/, topicalchat_valid/ and ru/koziev_anekdot_"
+                          "dialogues.tar.xz; dev hash splits are judged on, train fits the length model")
+    teachers.add_argument("--hand-labels", type=Path,
+                          help="hand-labelled JSONL (tests/data/specificity_hand_labels.jsonl)")
+    teachers.add_argument("--no-chitchat", action="store_true", help="leave the chitchat-dataset ratings out")
+    teachers.add_argument("--limit", type=int, help="replies per signal at most (default 1500)")
+    teachers.add_argument("--resamples", type=int, help="bootstrap resamples (default 1000)")
+    teachers.add_argument("--train-per-language", type=int,
+                          help="train replies per language the length model is fitted on (default 400)")
+    teachers.add_argument("--idf", type=Path, help="IDF table for NIDF rarity (default: the shipped blender's)")
+    teachers.add_argument("--out", type=Path, help="report directory (default: <home>/artifacts/eval-teachers)")
+    teachers.set_defaults(func=run_teachers)
+
+
+def run_teachers(args: argparse.Namespace, settings: Settings) -> int:
+    from dialog.jobs.eval_teachers import TeacherEvalConfig, eval_teachers
+
+    given = (("limit", args.limit), ("resamples", args.resamples), ("train_per_language", args.train_per_language))
+    sizes = {key: value for key, value in given if value is not None}
+    config = TeacherEvalConfig(data=args.data, hand_labels=args.hand_labels, chitchat=not args.no_chitchat,
+                               idf=args.idf, out=args.out, **sizes)
+    report = eval_teachers(settings, config)
+    print(json.dumps({k: report["choice"][k] for k in ("chosen", "met", "informative")}, indent=2))
+    return 0
 
 
 def run_tune(args: argparse.Namespace, settings: Settings) -> int:

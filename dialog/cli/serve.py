@@ -37,6 +37,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--workers", type=int, default=None, help="requests that run at once (more wait in the queue)")
     serve.add_argument("--metrics-port", type=int, default=None,
                        help="serve Prometheus metrics on http://HOST:PORT/metrics (default: from config; 0 = off)")
+    serve.add_argument("--force-unguarded-policy", action="store_true",
+                       help="serve an RL policy (blender-rl) that failed its guard; for inspection only")
     serve.set_defaults(func=run_serve)
 
     ask = commands.add_parser("ask", help="send one message to a running server and print the answer")
@@ -62,6 +64,8 @@ def _server_settings(args: argparse.Namespace, settings: Settings) -> Settings:
         changes["max_workers"] = args.workers
     if getattr(args, "metrics_port", None) is not None:
         changes["metrics_port"] = args.metrics_port
+    if getattr(args, "force_unguarded_policy", False):
+        settings = replace(settings, ranker=replace(settings.ranker, force_unguarded=True))
     return replace(settings, server=replace(settings.server, **changes))
 
 
@@ -71,11 +75,12 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
 
     settings = _server_settings(args, settings)
     assembled = build_pipeline(settings)
+    from dialog.serving.admin import admin_service
     from dialog.serving.feedback import build_serving_loop
 
     loop = build_serving_loop(settings, assembled.pipeline.reranker)
     running = start_server(assembled.pipeline, settings.server, settings.retrieval.top_k, loop=loop,
-                           home=settings.home)
+                           home=settings.home, admin=admin_service(settings, assembled))
     print(f"repliq serving on {settings.server.host}:{running.port}", file=sys.stderr, flush=True)
     exporter = None
     if settings.server.metrics_port:

@@ -25,6 +25,8 @@ from core.job_configs import (
     TrainDefaultConfig,
 )
 from core.training_corpora import BlenderCorpora
+from dialog.cli.executor import add_executor_flags, executor_config
+from dialog.generation.training import TrainingGeneration
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -66,7 +68,16 @@ def register_blender(sub: argparse._SubParsersAction) -> None:
     blender.add_argument("--reuse-data", action="store_true",
                          help="refit on the ranking data the last run saved beside --out (its -data folder) "
                               "instead of rebuilding it; refused if the annotators or resources changed")
+    blender.add_argument("--generate-contexts", type=int, default=0, metavar="N",
+                         help="add generated candidates (the served generator, with UPRISE demonstrations when a "
+                              "prompt retriever is trained) to the pools of up to N contexts; ~1-4 s each on a CPU "
+                              "(default 0: none)")
+    blender.add_argument("--generate-per-context", type=int, default=TrainingGeneration().per_context, metavar="K",
+                         help=f"generated candidates per chosen context (default {TrainingGeneration().per_context})")
+    blender.add_argument("--generate-budget", type=float, default=TrainingGeneration().budget_s, metavar="S",
+                         help=f"seconds of generation per chosen context (default {TrainingGeneration().budget_s:g})")
     blender.add_argument("--out", type=Path, help="output directory (default: <home>/artifacts/blender)")
+    add_executor_flags(blender)  # pools and features, batch by batch (encoding-bound)
     blender.set_defaults(func=run_blender)
 
 
@@ -86,13 +97,20 @@ def run_blender(args: argparse.Namespace, settings: Settings) -> int:
                              max_pairs_per_language=args.max_pairs, topicalchat=args.topicalchat,
                              topicalchat_pairs=args.topicalchat_pairs)
     builder = BuilderConfig(k_corpus=args.corpus_negatives, k_retrieved=args.retrieved_negatives,
-                            k_random=args.random_negatives)
+                            k_random=args.random_negatives, executor=executor_config(args))
     if args.reuse_data:
         metrics = retrain_from_saved_data(settings, BlenderTrainConfig(rounds=args.rounds),
                                           args.out or settings.artifacts_dir / BLENDER_DIR)
     else:
+        generate = None
+        if args.generate_contexts > 0:
+            from dialog.generation.training import TrainingGeneration, training_generator
+
+            generate = training_generator(settings, TrainingGeneration(
+                per_context=args.generate_per_context, max_contexts=args.generate_contexts,
+                budget_s=args.generate_budget))
         metrics = train_workspace_blender(settings, corpora, BlenderTrainConfig(rounds=args.rounds), builder,
-                                          out_dir=args.out)
+                                          out_dir=args.out, generate=generate)
     print(json.dumps(metrics, indent=2))
     return 0
 
@@ -149,6 +167,7 @@ def register_reward(sub: argparse._SubParsersAction) -> None:
     reward.add_argument("--inputs", choices=("phrase", "lexical"), default=proxy.inputs,
                         help="proxy inputs: encoder embedding + length, or char trigrams (kind specificity)")
     reward.add_argument("--out", type=Path, help="output directory (default: <home>/artifacts/reward-<kind>)")
+    add_executor_flags(reward)  # the teacher LM's pass over the bank (kind specificity)
     reward.set_defaults(func=run_reward)
 
 
@@ -158,7 +177,8 @@ def run_reward(args: argparse.Namespace, settings: Settings) -> int:
     from dialog.jobs.train_reward import train_reward
 
     config = RewardJobConfig(kind=args.kind, data=args.data, russian=args.russian,
-                             proxy=replace(WORKSPACE_PROXY, head=args.head, inputs=args.inputs, members=args.members))
+                             proxy=replace(WORKSPACE_PROXY, head=args.head, inputs=args.inputs, members=args.members),
+                             executor=executor_config(args))
     metrics = train_reward(settings, config, args.out, say=print)
     print(json.dumps(metrics, indent=2, default=str))
     return 0

@@ -16,7 +16,15 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from core.bank.store import PhraseBank
-from dialog.editor import auth, routes_admin, routes_lint, routes_phrases, routes_review, routes_try
+from dialog.editor import (
+    auth,
+    routes_admin,
+    routes_lint,
+    routes_phrases,
+    routes_publish,
+    routes_review,
+    routes_try,
+)
 from dialog.editor.lint import BLOCKLIST_FILE, REPORT_FILE, LintOptions, read_blocklist, read_report
 from dialog.editor.pages import TEMPLATES, render
 from dialog.editor.users import Session, User, Users
@@ -79,6 +87,6 @@ def create_app(bank: PhraseBank, settings: Settings | None = None, *, secure_coo
     def home() -> Response:
         return RedirectResponse("/phrases", status_code=303)
 
-    for module in (auth, routes_phrases, routes_review, routes_lint, routes_try, routes_admin):
+    for module in (auth, routes_phrases, routes_review, routes_lint, routes_try, routes_admin, routes_publish):
         app.include_router(module.router)
     return app

@@ -114,6 +114,11 @@ class Users:
             conn.execute("DELETE FROM sessions WHERE user = ?", (name,))
             _audit(conn, who, _now().isoformat(timespec="seconds"), "disable user", name, "")
 
+    def record(self, who: str, action: str, target: str, detail: str = "") -> None:
+        """An audited action that is not an account change (an admin's publish, with its outcome)."""
+        with self.bank.connect(write=True) as conn:
+            _audit(conn, who, _now().isoformat(timespec="seconds"), action, target, detail[:500])
+
     def audit(self, limit: int = 50) -> list[tuple[str, str, str, str, str]]:
         """The latest account changes, newest first: (who, at, action, target, detail)."""
         with self.bank.connect() as conn:

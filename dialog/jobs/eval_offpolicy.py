@@ -3,7 +3,10 @@
 The target policy scores each logged pool with the blender's booster on the features serving logged,
 so nothing is re-encoded; that is only valid when the blender reads exactly those features, so a log
 written with other annotators, feature names or resources is refused with the difference. Rewards
-(feedback, SSA labels, ...) arrive keyed by request id; decisions without one are left out and counted.
+(feedback, SSA labels) arrive keyed by request id; decisions without one are left out and counted. With
+``reward_source="model"`` the reward is a reward model's score of the served candidate instead
+(``rl.ope_rewards``), and whenever a reward model is given its scores of every logged candidate feed the
+doubly robust estimate's direct-method regression.
 """
 
 from __future__ import annotations
@@ -20,6 +23,11 @@ from core.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from ranker.blender import MANIFEST_NAME, RETRAIN_HINT, Blender, BlenderMismatchError
 from rl.decision_records import policy_id, read_decisions
 from rl.ope import ESTIMATORS, LoggedDecisions, OffPolicyReport, cross_fit_reward_model, evaluate, target_from_scores
+from rl.ope_rewards import CandidateScorer, candidate_scores, model_rewards, workspace_reward_scorer
+
+REWARD_SOURCES = ("feedback", "ssa", "model")
+__all__ = ["REWARD_SOURCES", "OffPolicyConfig", "evaluate_offpolicy", "logs_hold_text",
+           "workspace_reward_scorer"]
 
 
 @dataclass
@@ -28,6 +36,12 @@ class OffPolicyConfig:
     temperature: float = 1.0
     n_boot: int = 500
     seed: int = 0
+
+
+def logs_hold_text(logs: Path) -> bool:
+    """Whether the logged decisions carry their dialogue turns (``log_user_text``), which a reward model reads."""
+    records, _ = read_decisions(Path(logs))
+    return bool(records) and all(r.get("context") for r in records)
 
 
 def load_policy(directory: Path) -> Blender:
@@ -78,21 +92,44 @@ def logged_decisions(records: list[dict[str, Any]], rewards: Mapping[str, float]
     return data, kept
 
 
-def evaluate_offpolicy(logs: Path, policy_dir: Path, rewards: Mapping[str, float], out_dir: Path,
-                       config: OffPolicyConfig | None = None, reward_source: str = "feedback") -> dict[str, Any]:
+def evaluate_offpolicy(logs: Path, policy_dir: Path, rewards: Mapping[str, float] | None, out_dir: Path,
+                       config: OffPolicyConfig | None = None, reward_source: str = "feedback",
+                       reward_model: CandidateScorer | None = None) -> dict[str, Any]:
+    """Estimate the blender in ``policy_dir`` from the decisions in ``logs``; report into ``out_dir``.
+
+    ``rewards`` (request id -> reward) is the feedback or SSA reward; with ``reward_source="model"`` it is
+    ignored and ``reward_model`` scores the served candidates. ``reward_model`` also feeds DR's r̂.
+    """
     config = config or OffPolicyConfig()
+    if reward_source not in REWARD_SOURCES:
+        raise ValueError(f"reward source {reward_source!r}: choose one of {', '.join(REWARD_SOURCES)}")
+    if reward_source == "model" and reward_model is None:
+        raise ValueError("--reward model needs a reward model (the workspace's reward-relevance and "
+                         "reward-specificity); train them with `repliq train reward`")
     records, problems = read_decisions(Path(logs))
     if not records:
         raise ValueError(f"no readable decisions in {logs} ({len(problems)} bad line(s)); see the log files")
     blender = load_policy(Path(policy_dir))
     check_features(records, blender)
-    data, kept = logged_decisions(records, rewards)
+    model_scores = candidate_scores(records, reward_model) if reward_model is not None else None
+    if reward_source == "model":
+        assert reward_model is not None and model_scores is not None
+        rewards = model_rewards(records, model_scores, reward_model.columns)
+    data, kept = logged_decisions(records, rewards or {})
     scores = np.split(blender.raw_scores(data.features), np.cumsum(data.group_sizes)[:-1])
     target = target_from_scores(scores, config.target, config.temperature)
-    reward_hat = cross_fit_reward_model(data, seed=config.seed)
+    extra = None
+    if model_scores is not None:
+        by_id = {r["request_id"]: s for r, s in zip(records, model_scores, strict=True)}
+        extra = np.vstack([by_id[r["request_id"]] for r in kept])
+    reward_hat = cross_fit_reward_model(data, seed=config.seed, model_scores=extra)
     report = evaluate(data, target, reward_hat, n_boot=config.n_boot, seed=config.seed)
+    direct = "cross-fitted ridge on the logged blender features" + (
+        f" and reward model {reward_model.identity} ({', '.join(reward_model.columns)})" if reward_model else "")
     summary = {"policy": str(policy_dir), "policy_version": blender.version, "target": config.target,
                "temperature": config.temperature, "reward_source": reward_source, "logs": str(logs),
+               "reward_model": reward_model.identity if reward_model is not None else None,
+               "direct_method": direct,
                "decisions_read": len(records), "decisions_rewarded": len(kept),
                "skipped_lines": len(problems), "skipped_examples": [list(p) for p in problems[:20]],
                "logging_policies": sorted({policy_id(r) for r in kept}), **report.to_json()}
@@ -110,6 +147,7 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
              f"{summary['decisions_rewarded']} with a {summary['reward_source']} reward, "
              f"{summary['skipped_lines']} bad line(s) skipped",
              f"- logging policies: {', '.join(summary['logging_policies'])}",
+             f"- doubly robust direct method: {summary['direct_method']}",
              f"- served value (mean observed reward): {summary['logging_value']:.4f}",
              f"- effective sample size {summary['ess']:.1f}, largest weight {summary['max_weight']:.2f}, "
              f"target mass never explored {summary['unsupported_mass']:.2%}", "",

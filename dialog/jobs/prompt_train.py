@@ -22,6 +22,7 @@ import numpy as np
 from core.atomic import atomic_write_json, jsonable, sha256_json
 from core.config import Settings
 from core.corpora import ContextPair, Dialogue
+from core.executor import ExecutorConfig, make_executor
 from core.lm.wrapper import DecoderLM
 from retriever.prompt_data import PromptCorpora, read_sources, training_examples
 from retriever.prompt_pool import POOL_DIR, PromptPool, build_pool, pool_entries, save_pool
@@ -48,6 +49,8 @@ class PromptJobConfig:
     train: PromptTrainConfig = field(default_factory=PromptTrainConfig)
     threads: int = 1
     seed: int = 0
+    # Where the LM scoring runs: here (default) or on Ray actors (`--executor ray`).
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
 
 
 def make_pool(sources: dict[str, list[Dialogue]], per_source: int, seed: int) -> PromptPool:
@@ -71,7 +74,8 @@ def score_stage(settings: Settings, config: PromptJobConfig, lm: DecoderLM,
     examples = training_examples((d for ds in sources.values() for d in ds), config.examples_per_language,
                                  config.seed, config.scoring.context_turns)
     cache = ScoreCache(cache_path(settings.artifacts_dir, lm.lm_id))
-    scores = score_examples(lm, pool, examples, config.scoring, cache)
+    with make_executor(config.executor) as executor:
+        scores = score_examples(lm, pool, examples, config.scoring, cache, executor=executor)
     return pool, examples, scores
 
 

@@ -31,10 +31,12 @@ from retriever.encoder_cache import index_backed_encoder
 from rl.blender_setup import BLENDER_DIR, SPECIFICITY_DIR, annotator_resources
 from rl.plots import plot_history, plot_pareto
 from rl.policy import Groups, group_argmax
+from rl.policy_guard import flip_rate, r_at_1_guard, tie_broken_scores
 from rl.proxy import load_specificity_proxy
 from rl.relevance import load_relevance_model
 from rl.rewards import RewardModel, proxy_specificity
-from rl.teacher import TeacherCache, TeacherScorer
+from rl.teacher import TeacherCache
+from rl.teachers import judge_scorer, length_model_of
 from rl.tune import tune_policy
 
 log = logging.getLogger("repliq.rl")
@@ -124,11 +126,13 @@ def run_rl_tune(settings: Settings, config: RLRunConfig, out_dir: Path | None = 
     lm = DecoderLM.from_cache(proxy.config.teacher_lm or settings.lm.name, settings.models_dir,
                               LMOptions(dtype=settings.lm.dtype))
     # Beside the model cache (as rl.teacher.default_cache_path), but following this run's settings.
-    teacher = TeacherScorer(lm, proxy.config.teacher, TeacherCache(settings.models_dir.parent / "teacher_cache.jsonl"))
+    teacher = judge_scorer(lm, proxy.config.teacher, TeacherCache(settings.models_dir.parent / "teacher_cache.jsonl"),
+                           length_model_of(proxy.manifest))
     dev_contexts = [contexts_by_id[cid] for cid in dev.context_ids]
     judge = DevJudge(dev, dev_contexts, [languages_by_id[cid] for cid in dev.context_ids], teacher, config)
     eval_fns = {"r_at_1": lambda s, _g: float(_r_at_1(s, dev.group_sizes, dev.y).mean()),
-                "teacher_specificity_z": lambda s, _g: float(judge.top1_teacher(s).mean())}
+                "teacher_specificity_z": lambda s, _g: float(judge.top1_teacher(s).mean()),
+                "top1_flip_rate": lambda s, _g: flip_rate(s, ref_scores, dev.group_sizes)}
     train_groups, dev_groups = Groups(train.X, train.group_sizes), Groups(dev.X, dev.group_sizes)
     ref_scores = reference.raw_scores(dev.X)
     report: dict[str, Any] = {"config": asdict(config), "reference": judge.metrics(ref_scores), "runs": {},
@@ -140,8 +144,9 @@ def run_rl_tune(settings: Settings, config: RLRunConfig, out_dir: Path | None = 
         tune_config = replace(config.policy, beta=beta)
         result = tune_policy(reference.booster, train_groups, dev_groups, train_rewards, eval_fns, tune_config,
                              progress, dev_rewards=dev_parts.total, out_dir=out_dir / f"beta-{beta:g}")
-        scores = result.predict(dev.X)
-        final = judge.metrics(scores)
+        scores = tie_broken_scores(result.predict(dev.X), ref_scores, dev.group_sizes, config.tie_tolerance)
+        final = {**judge.metrics(scores), "top1_flip_rate": flip_rate(scores, ref_scores, dev.group_sizes),
+                 "top1_flip_rate_without_tie_break": flip_rate(result.predict(dev.X), ref_scores, dev.group_sizes)}
         disagreement = _top_disagreement(scores, dev.group_sizes, dev_parts.disagreement)
         report["runs"][f"{beta:g}"] = {"history": result.history, "final": final,
                                        "proxy_disagreement_top1": disagreement}
@@ -157,13 +162,15 @@ def run_rl_tune(settings: Settings, config: RLRunConfig, out_dir: Path | None = 
     tuned.manifest.resources = dict(reference.manifest.resources)
     tuned.manifest.training = {"rl": {"beta": main_beta, "alpha": config.policy.alpha,
                                       "reward": asdict(config.reward), "teacher": proxy.config.teacher},
-                               "reference": reference.version}
+                               "reference": reference.version,
+                               "tie_break": _tie_break(reference, tuned_main, dev.X, ref_scores, config.tie_tolerance)}
+    report["guard"] = tuned.manifest.training["guard"] = _guard(report, main_beta, config)
     tuned.manifest.metrics = report["runs"][f"{main_beta:g}"]["final"]
     lineage = _rl_lineage(reference, proxy.identity, relevance.manifest)
     tuned.manifest.kind, tuned.manifest.lineage = "blender-rl", lineage
     tuned.save(settings.artifacts_dir / TUNED_DIR)
     report["tuned_blender"] = str(settings.artifacts_dir / TUNED_DIR)
-    tuned_scores = tuned_main.predict(dev.X)
+    tuned_scores = tie_broken_scores(tuned_main.predict(dev.X), ref_scores, dev.group_sizes, config.tie_tolerance)
     report["samples"] = _samples(ref_scores, tuned_scores, dev, dev_contexts, config)
     report["targets"] = _targets(report, main_beta, _r_at_1(ref_scores, dev.group_sizes, dev.y),
                                  _r_at_1(tuned_scores, dev.group_sizes, dev.y), judge.languages, config.seed)
@@ -171,6 +178,26 @@ def run_rl_tune(settings: Settings, config: RLRunConfig, out_dir: Path | None = 
     atomic_write_text(out_dir / "samples.md", _samples_markdown(report["samples"]))
     save_run_manifest(out_dir, report, dataset.data_hash, lineage, tuned.manifest.to_artifact().ref)
     return report
+
+
+def _guard(report: dict[str, Any], main_beta: float, config: RLRunConfig) -> dict[str, Any]:
+    """The saved policy's guard result; a failed one is written for inspection only (the server refuses it)."""
+    guard = r_at_1_guard(report["reference"], report["runs"][f"{main_beta:g}"]["final"], config.max_r_at_1_drop)
+    if not guard["servable"]:
+        log.warning("the saved policy failed its guard (%s): written for inspection only, the server refuses it; %s",
+                    guard["detail"], guard["fix"])
+    return guard
+
+
+def _tie_break(reference: Blender, tuned: Any, X: np.ndarray, ref_scores: np.ndarray, tolerance: float) -> dict:
+    """The saved policy's near-tie rule; serving reads π_ref's scores from the tuned booster's first trees,
+    so check here that those trees still give π_ref's scores."""
+    trees = reference.booster.num_trees()
+    head = tuned.booster.predict(X, raw_score=True, num_iteration=trees)
+    if not np.allclose(head, ref_scores, atol=1e-6):
+        raise RuntimeError("the tuned booster's first trees no longer reproduce π_ref's scores, so serving could not "
+                           "apply the near-tie rule; rerun `repliq rl tune` with a new --out directory")
+    return {"reference_trees": trees, "tolerance": tolerance}
 
 
 def _rl_lineage(reference: Blender, proxy_identity: str, relevance_manifest: dict[str, Any]) -> dict[str, str]:
@@ -185,7 +212,7 @@ def save_run_manifest(out_dir: Path, report: dict[str, Any], data_sha256: str, l
     manifest = ArtifactManifest(
         kind="rl-run", identity=sha256_json(report), config=report["config"], data_sha256=data_sha256,
         lineage=lineage, versions=package_versions("lightgbm", "numpy", "torch", "repliq"),
-        metrics={key: report[key] for key in ("reference", "selection", "targets") if key in report},
+        metrics={key: report[key] for key in ("reference", "selection", "targets", "guard") if key in report},
         details={"report": "report.json", "tuned_blender": tuned_ref})
     save_manifest(Path(out_dir) / "manifest.json", manifest)
     return manifest

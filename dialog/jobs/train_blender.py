@@ -1,19 +1,26 @@
 """`repliq train blender`: corpora -> candidate pools from the live bank -> features -> LightGBM.
 
 Straight-line on purpose (read it top to bottom): every step is a call into a lower floor, and the
-only decisions made here are which corpora to read and which resources the features get.
+only decisions made here are which corpora to read and which resources the features get. Pools and
+features are computed batch by batch on the pools' executor: this process (the default), or Ray actors
+that each rebuild the encoder, index and annotators from the workspace (:class:`BlenderFeatureWorker`).
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import os
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from core.bank.store import PhraseBank
 from core.config import Settings
+from core.corpora import ContextPair
+from core.executor import BatchFn, WorkerFactory, make_executor
 from core.job_configs import DEFAULT_POOLS
 from core.training_corpora import BlenderCorpora, read_corpora, read_topicalchat_train, sample_pairs
 from core.types import SOURCE_BANK, Candidate
@@ -22,6 +29,10 @@ from ranker.blender import IDF_NAME
 from ranker.dataset import (
     BuilderConfig,
     DatasetError,
+    GenerateFn,
+    Item,
+    PoolBuilder,
+    PoolFeaturizer,
     RankingDataset,
     build_ranking_dataset,
     encoder_similarity,
@@ -37,8 +48,75 @@ from rl.blender_setup import BLENDER_DIR, annotator_resources
 
 log = logging.getLogger("repliq.train")
 
-__all__ = ["BlenderCorpora", "read_corpora", "read_topicalchat_train", "retrain_from_saved_data", "sample_pairs",
-           "train_workspace_blender"]
+__all__ = ["BlenderCorpora", "BlenderFeatureWorker", "read_corpora", "read_topicalchat_train",
+           "retrain_from_saved_data", "sample_pairs", "train_workspace_blender"]
+
+
+@dataclass(frozen=True)
+class BlenderFeatureWorker:
+    """Worker factory for ``core.executor``: each worker rebuilds the encoder, index, retriever and annotators once.
+
+    It carries the settings, plain data (the pool builder, the IDF table) and the identities the driver saw,
+    never a loaded model; a worker whose rebuilt resources differ (another model cache, a republished index,
+    another specificity proxy) refuses, since its features would not be the ones the driver describes.
+    """
+
+    settings: Settings
+    builder: PoolBuilder
+    idf: IdfTable
+    replies: tuple[list[str], np.ndarray]  # the corpus replies' vectors, encoded once by the driver
+    index_checksum: str
+    annotators: list[dict]  # ``describe`` of the driver's annotators
+    resources: dict[str, str]  # the driver's resource descriptor, IDF hash included
+
+    def __call__(self) -> BatchFn:
+        # Unset threads become this worker's CPU share (Ray sets OMP_NUM_THREADS per actor).
+        threads = self.settings.encoder.num_threads or int(os.environ.get("OMP_NUM_THREADS") or 0)
+        settings = replace(self.settings, encoder=replace(self.settings.encoder, num_threads=threads))
+        encoder = Encoder.from_config(settings)
+        bank = PhraseBank(settings.bank_path)  # open for the worker's life: the retriever checks its revision
+        bank_index = load_index(settings, encoder, bank)
+        reusing = CachingEncoder.seeded_from_index(encoder, bank_index)
+        reusing.seed_passages(*self.replies)
+        resources, descriptor = annotator_resources(settings, reusing, self.idf)
+        annotators = build_annotators(resources)
+        found = (bank_index.manifest.checksum, describe(annotators), {"idf": self.idf.hash, **descriptor})
+        if found != (self.index_checksum, self.annotators, self.resources):
+            bank.close()
+            raise RuntimeError(f"this worker's index, annotators or resources ({found[0]}, {found[2]}) differ from "
+                               f"the driver's ({self.index_checksum}, {self.resources}): give every Ray node the same "
+                               "workspace and model cache, and do not republish the index during the build")
+        turns = settings.retrieval.context_turns
+        retriever = BankRetriever(reusing, bank_index, bank, context_turns=turns)
+        return BatchScoped(PoolFeaturizer(self.builder, annotators, retriever.retrieve_many,
+                                          encoder_similarity(reusing, turns)), reusing)
+
+
+@dataclass(frozen=True)
+class BatchScoped:
+    """The featurizer with a cache that starts every batch from the seeded vectors (bank and corpus replies).
+
+    An encoder's rows shift in their last bits with the batch they are encoded in, so vectors carried over from
+    earlier batches would make a batch's features depend on which batches its worker saw before; this way
+    every executor, with any number of workers, computes the same features bit for bit.
+    """
+
+    featurize: PoolFeaturizer
+    cache: CachingEncoder
+
+    def __call__(self, items: list[Item]) -> list:
+        self.cache.forget()
+        return self.featurize(items)
+
+
+def seed_replies(cache: CachingEncoder, pairs: list[ContextPair]) -> tuple[list[str], np.ndarray]:
+    """Encode every corpus reply once, in one call: they recur as gold and corpus negatives in many batches."""
+    replies = list(dict.fromkeys(pair.response for pair in pairs))
+    log.info("encoding %d corpus replies", len(replies))
+    vectors = cache.encode_passages(replies)
+    cache.seed_passages(replies, vectors)
+    cache.forget()
+    return replies, vectors
 
 
 def retrain_from_saved_data(settings: Settings, config: BlenderTrainConfig, out_dir: Path) -> dict[str, float]:
@@ -69,7 +147,10 @@ def retrain_from_saved_data(settings: Settings, config: BlenderTrainConfig, out_
 
 
 def train_workspace_blender(settings: Settings, corpora: BlenderCorpora, config: BlenderTrainConfig,
-                            builder: BuilderConfig | None = None, out_dir: Path | None = None) -> dict[str, float]:
+                            builder: BuilderConfig | None = None, out_dir: Path | None = None,
+                            generate: GenerateFn | None = None) -> dict[str, float]:
+    """Build the pools, annotate, train. ``generate`` (``dialog.generation.training.PoolGenerator``) adds
+    generated candidates to the pools of the contexts it chooses, so the blender learns how they compare."""
     out_dir = out_dir or settings.artifacts_dir / BLENDER_DIR
     with PhraseBank(settings.bank_path) as bank:
         encoder = Encoder.from_config(settings)
@@ -93,13 +174,27 @@ def train_workspace_blender(settings: Settings, corpora: BlenderCorpora, config:
         # the gold reply are bank phrases whose vectors the index already holds.
         resources, descriptor = annotator_resources(settings, reusing, idf)
         annotators = build_annotators(resources)
-        with tqdm(total=len(pairs), desc="building ranking data", unit="context") as bar:
-            dataset = build_ranking_dataset(
-                pairs, annotators, bank_candidates, retrieve=retriever.retrieve_many,
-                similarity=encoder_similarity(reusing, settings.retrieval.context_turns),
-                config=builder or DEFAULT_POOLS, resources={"idf": idf.hash, **descriptor}, progress=bar.update,
-            )
+        pools, described = builder or DEFAULT_POOLS, {"idf": idf.hash, **descriptor}
+        replies = seed_replies(reusing, pairs)
+        similarity = encoder_similarity(reusing, settings.retrieval.context_turns)
+
+        def worker(pool_builder: PoolBuilder) -> WorkerFactory:
+            if executor.name == "local":  # the driver's own resources
+                return lambda: BatchScoped(PoolFeaturizer(pool_builder, annotators, retriever.retrieve_many,
+                                                          similarity), reusing)
+            return BlenderFeatureWorker(settings, pool_builder, idf, replies, bank_index.manifest.checksum,
+                                        describe(annotators), described)
+
+        with (make_executor(pools.executor) as executor,
+              tqdm(total=len(pairs), desc=f"building ranking data ({executor.name})", unit="context") as bar):
+            dataset = build_ranking_dataset(pairs, annotators, bank_candidates, generate=generate, config=pools,
+                                            resources=described, progress=bar.update, executor=executor,
+                                            worker=worker)
         log.info("ranking dataset: %d groups, %d rows, %d features", len(dataset.group_sizes), len(dataset.y),
                  len(dataset.feature_names))
         save_training_data(data_dir_of(out_dir), dataset, pairs, idf)
-        return train_blender(dataset, config, out_dir, idf=idf, annotators=annotators)
+        metrics = train_blender(dataset, config, out_dir, idf=idf, annotators=annotators)
+        stats = getattr(generate, "stats", None)
+        if stats is not None:
+            metrics["generation"] = stats.to_json()  # type: ignore[assignment]
+        return metrics

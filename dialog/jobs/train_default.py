@@ -88,6 +88,12 @@ def _shippable_files(directory: Path) -> list[Path]:
     return sorted(p for p in directory.rglob("*") if p.is_file() and p.name not in NOT_SHIPPED)
 
 
+def _servable_policy(directory: Path) -> bool:
+    from ranker.blender import read_blender_manifest
+
+    return bool((read_blender_manifest(directory).training.get("guard") or {}).get("servable"))
+
+
 def publish(artifacts: Path, max_bytes: int, include_rl: bool = False, target: Path | None = None) -> dict[str, Any]:
     """Copy the workspace's trained defaults into the package (``core/data/shipped``), each atomically.
 
@@ -96,6 +102,8 @@ def publish(artifacts: Path, max_bytes: int, include_rl: bool = False, target: P
     """
     target = target or shipped_dir("")
     names = [n for n in SHIPPED if (artifacts / n).is_dir() and (include_rl or n != "blender-rl")]
+    if "blender-rl" in names and not _servable_policy(artifacts / "blender-rl"):
+        names.remove("blender-rl")  # failed its guard: written for inspection only, never shipped
     for required in ("adapter", "blender"):
         if required not in names:
             raise FileNotFoundError(f"no {required} in {artifacts}; run `repliq train default` without --publish "

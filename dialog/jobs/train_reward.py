@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from core.config import Settings
+from core.executor import ExecutorConfig, make_executor
 from core.job_configs import REWARD_KINDS, ProxyConfig, RewardJobConfig
 from core.lm.bank_scores import score_bank
-from core.lm.wrapper import DecoderLM, LMOptions
+from core.lm.wrapper import DecoderLM, LMOptions, LMSpec
 from core.training_corpora import BlenderCorpora, read_corpora, sample_pairs
 from dialog.jobs.common import open_bank
 from retriever.encoder import Encoder
@@ -22,7 +23,7 @@ from retriever.encoder_cache import index_backed_encoder
 from rl.preference import read_preferences, train_preference_model
 from rl.proxy import train_specificity_proxy
 from rl.relevance import train_relevance_model
-from rl.teacher import bank_targets
+from rl.teachers import bank_teacher_targets
 
 
 def train_reward(settings: Settings, config: RewardJobConfig, out: Path | None = None,
@@ -38,21 +39,26 @@ def train_reward(settings: Settings, config: RewardJobConfig, out: Path | None =
         dialogues = read_corpora(BlenderCorpora(russian_dialogues=config.russian))
         pairs = sample_pairs(dialogues, ("en", "ru"), config.relevance_pairs, settings.retrieval.context_turns, seed=0)
         return train_relevance_model(settings, pairs, out)[1]
-    return train_specificity(settings, replace(config.proxy, teacher_lm=settings.lm.name), out, say)
+    return train_specificity(settings, replace(config.proxy, teacher_lm=settings.lm.name), out, say, config.executor)
 
 
-def train_specificity(settings: Settings, config: ProxyConfig, out: Path,
-                      say: Callable[[str], None] = print) -> dict[str, Any]:
-    """Score the bank with the teacher LM (resumable; only new or changed phrases), then distil."""
+def train_specificity(settings: Settings, config: ProxyConfig, out: Path, say: Callable[[str], None] = print,
+                      executor: ExecutorConfig | None = None) -> dict[str, Any]:
+    """Score the bank with the teacher LM (resumable; only new or changed phrases; here or on Ray), then distil."""
     config.validate()
-    lm = DecoderLM.from_cache(config.teacher_lm, settings.models_dir, LMOptions(dtype=settings.lm.dtype))
+    options = LMOptions(dtype=settings.lm.dtype)
     encoder = None
     with open_bank(settings) as bank:
-        say(score_bank(bank, lm).summary())
-        texts, languages, values = bank_targets(bank, lm.lm_id, config.teacher)
+        with make_executor(executor) as scoring:  # a Ray started for the scoring stops before the distillation
+            lm = (DecoderLM.from_cache(config.teacher_lm, settings.models_dir, options) if scoring.name == "local"
+                  else LMSpec.of(config.teacher_lm, settings.models_dir, options))
+            say(score_bank(bank, lm, executor=scoring).summary())
+        texts, languages, values, length_model = bank_teacher_targets(bank, lm.lm_id, config.teacher)
         if config.inputs != "lexical":
             encoder = index_backed_encoder(settings, Encoder.from_config(settings), bank)
     extra = {"teacher": {"lm_id": lm.lm_id, "definition": config.teacher, "source": "bank lm_scores"}}
+    if length_model is not None:  # the RL judge residualizes with the same coefficients (rl.teachers)
+        extra["teacher"]["length_model"] = length_model.to_json()
     _, metrics = train_specificity_proxy(settings, texts, values, out, languages=languages, config=config,
                                          encoder=encoder, extra_metrics=extra)
     return metrics

@@ -10,6 +10,7 @@ admitted keep their latency.
 from __future__ import annotations
 
 import functools
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -97,6 +98,18 @@ class Admission:
             finally:
                 self.waiting -= 1
                 metrics.QUEUE_DEPTH.set(self.waiting)
+
+
+def running_slots(configured: int) -> int:
+    """Requests admitted to run at once: the configured number, or (0) one per usable core, at least 2 so
+    one request's GIL-bound features overlap another's encoder call."""
+    if configured > 0:
+        return configured
+    try:
+        cores = len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(2, cores)
 
 
 # Threads beyond the running and queued requests: health checks, reflection and cheap RPCs never wait

@@ -24,6 +24,7 @@ from retriever.bank_index import load_index
 from retriever.bank_retriever import BankRetriever
 from retriever.encoder import Encoder
 from retriever.encoder_cache import CachingEncoder
+from retriever.index import set_search_threads
 from retriever.microbatch import BatchedQueries, MicroBatcher
 from rl.blender_setup import SERVING_CACHE, blender_path, load_blender
 
@@ -78,6 +79,7 @@ def build_pipeline(settings: Settings) -> Assembled:
             f"no phrase bank at {settings.bank_path}; run `repliq bank init --default` first"
         )
     bank = PhraseBank(settings.bank_path)
+    set_search_threads(settings.server.search_threads)
     threads = encoder_threads(settings)
     settings = replace(settings, encoder=replace(settings.encoder, num_threads=threads))
     encoder = Encoder.from_config(settings)

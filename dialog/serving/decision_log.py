@@ -2,7 +2,8 @@
 
 A request thread only puts a small tuple on a bounded queue (``put_nowait``): when the queue is full
 the decision is dropped and counted, so logging can never slow or fail a request. One writer thread
-serializes, writes and rotates files by size; rotation also deletes files older than the retention.
+serializes, writes and rotates files by size; files older than the retention are deleted at rotation and
+on a clock (``prune_every_s``), so a quiet server that never fills a file still forgets old traffic.
 A write error (a full disk) stops decision logging with one error log line and the ``failed`` metric;
 requests go on being served.
 
@@ -63,7 +64,8 @@ def _num(value: float) -> float | None:
 class DecisionLog:
     def __init__(self, directory: Path, *, log_user_text: bool = False, queue_size: int = 2048,
                  rotate_bytes: int = 64 << 20, retention_days: float = 30.0,
-                 feature_schema: Mapping[str, Any] | None = None, on_written: ServedHook | None = None) -> None:
+                 feature_schema: Mapping[str, Any] | None = None, on_written: ServedHook | None = None,
+                 prune_every_s: float = 3600.0) -> None:
         if queue_size < 1 or rotate_bytes < 1024:
             raise ValueError(f"[logging] needs queue_size >= 1 and rotate_mb >= 0.001 (got {queue_size}, "
                              f"{rotate_bytes} bytes)")
@@ -72,6 +74,8 @@ class DecisionLog:
         self.log_user_text = log_user_text
         self.rotate_bytes = rotate_bytes
         self.retention_s = retention_days * 86400.0
+        # Retention also runs on a clock: a quiet server may never fill a file, and so never rotate.
+        self.prune_every_s = prune_every_s
         self.feature_schema = dict(feature_schema or {})
         self.on_written = on_written
         self.salt = self._salt()
@@ -144,8 +148,20 @@ class DecisionLog:
             self._prune()
         except OSError as exc:
             log_event(log, "cannot prune old decision logs", logging.WARNING, error=str(exc))
+        next_prune = time.monotonic() + self.prune_every_s
         while True:
-            item = self._queue.get()
+            try:
+                item = self._queue.get(timeout=max(0.01, next_prune - time.monotonic()))
+            except queue.Empty:
+                item = None
+            if time.monotonic() >= next_prune:
+                next_prune = time.monotonic() + self.prune_every_s
+                try:
+                    self._prune()
+                except OSError as exc:
+                    log_event(log, "cannot prune old decision logs", logging.WARNING, error=str(exc))
+            if item is None:
+                continue
             batch = [item]
             while item is not _STOP and len(batch) < 256:
                 try:
@@ -220,7 +236,11 @@ class DecisionLog:
             return
         cutoff = time.time() - self.retention_s
         for path in self.directory.glob(f"{FILE_PREFIX}*.jsonl"):
-            if path != self._path and path.stat().st_mtime < cutoff:
+            try:  # a file another process (or an operator) removed meanwhile is not a write failure
+                old = path != self._path and path.stat().st_mtime < cutoff
+            except FileNotFoundError:
+                continue
+            if old:
                 path.unlink(missing_ok=True)
                 log_event(log, "deleted old decision log", path=str(path))
 

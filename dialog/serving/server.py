@@ -21,7 +21,8 @@ from grpc_reflection.v1alpha import reflection
 
 from core import __version__
 from core.config import ServerConfig
-from dialog.serving.admission import Admission, executor_threads, guarded
+from dialog.serving.admin import AdminService, add_admin_service
+from dialog.serving.admission import Admission, executor_threads, guarded, running_slots
 from dialog.serving.feedback import ServingLoop, feedback_rpc
 from dialog.serving.logs import log_event
 from dialog.serving.pipeline import Pipeline, PipelineRequest
@@ -41,7 +42,7 @@ class ChatService(chat_pb2_grpc.ChatServicer):
         self.limits = limits
         self.default_top_k = default_top_k
         # At most max_workers requests run the pipeline and max_queue wait; more are refused at once.
-        self.admission = Admission(limits.max_workers, limits.max_queue, limits.max_queue_wait_ms / 1000)
+        self.admission = Admission(running_slots(limits.max_workers), limits.max_queue, limits.max_queue_wait_ms / 1000)
         # Decision logging, exploration and Feedback (dialog.serving.feedback); None when not configured.
         self.loop = loop
         if loop is not None:
@@ -129,16 +130,19 @@ class RunningServer:
 
 
 def start_server(pipeline: Pipeline, config: ServerConfig, default_top_k: int,
-                 loop: ServingLoop | None = None, home: Path | None = None) -> RunningServer:
-    """``home`` resolves relative TLS file paths of ``config``."""
+                 loop: ServingLoop | None = None, home: Path | None = None,
+                 admin: AdminService | None = None) -> RunningServer:
+    """``home`` resolves relative TLS file paths of ``config``; ``admin`` adds repliq.v1.Admin (hot publish)."""
     options = [
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),
         ("grpc.so_reuseport", 0),
     ]
-    threads = executor_threads(config.max_workers, config.max_queue)
+    threads = executor_threads(running_slots(config.max_workers), config.max_queue)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads), options=options)
     add_chat_service(ChatService(pipeline, config, default_top_k, loop), server)  # bad bytes: INVALID_ARGUMENT
+    if admin is not None:
+        add_admin_service(admin, server)  # dialog/serving/admin.py: token-authenticated Publish
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -148,10 +152,15 @@ def start_server(pipeline: Pipeline, config: ServerConfig, default_top_k: int,
     port, transport = add_port(server, config, home)  # TLS when [server] tls_cert/tls_key are set
     if port == 0:
         raise OSError(f"cannot listen on {config.host}:{config.port}; is another server running there?")
+    # NOT_SERVING from the first moment the port answers (an unknown service would read NOT_FOUND), SERVING
+    # only once everything is wired; the pipeline was built before this call. Drain: RunningServer.stop.
+    for service in ("", CHAT_SERVICE):
+        health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
     server.start()
     for service in ("", CHAT_SERVICE):
         health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    log_event(log, "serving", host=config.host, port=port, workers=config.max_workers, queue=config.max_queue,
+    log_event(log, "serving", host=config.host, port=port, workers=running_slots(config.max_workers),
+              queue=config.max_queue,
               threads=threads, transport=transport)
     return RunningServer(server, health_servicer, port)
 

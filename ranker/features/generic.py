@@ -73,6 +73,6 @@ class GenericAnnotator(Annotator):
             words = tokens(cand.text)
             if idf is not None and words:
                 out[i, 1] = float(
-                    len(words) <= HIGHFREQ_MAX_WORDS and max(idf.nidf_values(words)) < HIGHFREQ_MAX_NIDF
+                    len(words) <= HIGHFREQ_MAX_WORDS and idf.nidf_stats(words)[1] < HIGHFREQ_MAX_NIDF
                 )
         return out

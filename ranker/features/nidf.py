@@ -24,7 +24,5 @@ class NidfAnnotator(Annotator):
         for i, cand in enumerate(candidates):
             words = tokens(cand.text)
             if words:
-                values = idf.nidf_values(words)
-                out[i, 0] = sum(values) / len(values)
-                out[i, 1] = max(values)
+                out[i, 0], out[i, 1] = idf.nidf_stats(words)  # cached per phrase by the table
         return out

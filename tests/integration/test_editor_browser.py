@@ -2,7 +2,8 @@
 log in, search, add and edit a phrase, see its lint warning, move it through review, check the bank.
 
 The app runs under uvicorn on a random loopback port against a temp workspace with a tiny random
-encoder, so search by meaning and "Try it" run the real code paths in seconds. Set
+encoder, so search by meaning and "Try it" run the real code paths in seconds; beside it runs the gRPC
+server (with its Admin service) that the admin's Publish button makes serve the approved phrases. Set
 ``REPLIQ_SCREENSHOTS=DIR`` to keep a screenshot of each page (docs/editor.md uses them).
 """
 
@@ -14,6 +15,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -40,6 +42,9 @@ def _free_port() -> int:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, PhraseBank]]:
     import uvicorn
 
+    from dialog.serving.admin import admin_service
+    from dialog.serving.assembly import build_pipeline
+    from dialog.serving.server import start_server
     from retriever.bank_index import build_index
     from retriever.encoder import Encoder
 
@@ -54,6 +59,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Phra
                            ("What a lovely weather today!!", "en"), ("Hello there *waves*", "en")):
         bank.add(text, language, tags=["weather"] if "weather" in text or "погода" in text else [])
     build_index(bank, Encoder.from_config(settings), settings)
+    # The live bot: the gRPC server with its Admin service, which the editor's Publish button calls.
+    assembled = build_pipeline(settings)
+    grpc_server = start_server(assembled.pipeline, settings.server, 3, admin=admin_service(settings, assembled))
+    settings = replace(settings, server=replace(settings.server, port=grpc_server.port))
     port = _free_port()
     app = create_app(bank, settings, secure_cookies=False)
     uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
@@ -66,6 +75,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Phra
     yield f"http://127.0.0.1:{port}", bank
     uv.should_exit = True
     thread.join(10)
+    grpc_server.stop(grace=1.0)
+    assembled.close()
     bank.close()
 
 
@@ -180,4 +191,58 @@ def test_admin_sees_users_and_a_viewer_role_cannot_be_escalated_by_forms(server:
     response = page.request.post(f"{base}/users", form={"action": "add", "name": "mallory", "password": PASSWORD,
                                                         "role": "admin"})
     assert response.status == 403  # no CSRF token: refused even for an admin's own session
+    page.context.close()
+
+
+def test_admin_publishes_and_the_live_bot_answers_with_the_phrase_under_load(server: tuple[str, PhraseBank],
+                                                                            browser: object) -> None:
+    from dialog.serving.client import ChatClient
+
+    base, bank = server
+    target = bank.find_text("Завтра обещают солнце!", "ru")
+    if target is None or target.status != "approved":  # run alone (-k): approve it the command-line way
+        target = bank.add("Завтра обещают солнце!", "ru", who="reviewer")
+    page = _login(browser, base, "admin")
+    page.goto(f"{base}/publish")
+    grpc_port = int(page.inner_text("#publish code").rsplit(":", 1)[1])
+    chat = ChatClient("127.0.0.1", grpc_port, timeout_s=10)
+    # The tiny encoder carries no meaning, so "matching" is "among the Russian candidates" (all of them fit
+    # in top_k); a context that repeats the phrase would be dropped as an echo by the hygiene filter.
+    context = [("user", "Какая завтра погода?")]
+    before = chat.respond(context, top_k=20, language="ru")
+    assert target.id not in {c.phrase_id for c in before.candidates}  # approved, not yet live
+    sent, failures, stop = [0], [], threading.Event()
+
+    def load() -> None:  # the load generator: Respond in a loop, every failure counted
+        client = ChatClient("127.0.0.1", grpc_port, timeout_s=10)
+        while not stop.is_set():
+            try:
+                client.respond([("user", "Какая завтра погода?")], language="ru")
+                sent[0] += 1
+            except Exception as exc:
+                failures.append(exc)
+        client.close()
+
+    workers = [threading.Thread(target=load) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    time.sleep(0.3)
+    page.click("#publish button[type=submit]")
+    page.wait_for_selector("#publish-result")
+    after = chat.respond(context, top_k=20, language="ru")
+    time.sleep(0.3)
+    stop.set()
+    for worker in workers:
+        worker.join(10)
+    chat.close()
+    assert "Published" in page.inner_text("#publish-result")
+    assert page.inner_text("#after-bank") == after.versions.bank != before.versions.bank
+    assert page.inner_text("#after-index") == after.versions.index != before.versions.index
+    assert (target.id, target.text) in {(c.phrase_id, c.text) for c in after.candidates}
+    assert not failures and sent[0] > 0, failures[:3]
+    assert "live" in page.inner_text("#publishes")
+    _shot(page, "publish")
+    page.goto(f"{base}/gaps")
+    assert page.locator("#generated").count() == 1
+    _shot(page, "gaps")
     page.context.close()

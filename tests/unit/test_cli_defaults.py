@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from core.bank.default import build_default_bank
+from core.executor import ExecutorConfig
 from core.job_configs import (
     DEFAULT_POOLS,
     WORKSPACE_PROXY,
@@ -26,6 +27,7 @@ from core.job_configs import (
 )
 from core.training_corpora import BlenderCorpora
 from dialog.cli.main import build_parser
+from dialog.generation.training import TrainingGeneration
 from dialog.labeling.report import build_report
 from dialog.labeling.simulate import SimulatedRater, simulate_answers
 from dialog.labeling.workflow import export_pairwise, export_pointwise
@@ -43,6 +45,8 @@ EXPECTED: dict[tuple[str, str], Any] = {
     ("train blender", "--topicalchat-pairs"): BlenderCorpora().topicalchat_pairs,
     ("train blender", "--max-pairs"): BlenderCorpora().max_pairs_per_language,
     ("train blender", "--rounds"): BlenderTrainConfig().rounds,
+    ("train blender", "--generate-per-context"): TrainingGeneration().per_context,
+    ("train blender", "--generate-budget"): TrainingGeneration().budget_s,
     ("train blender", "--corpus-negatives"): DEFAULT_POOLS.k_corpus,
     ("train blender", "--retrieved-negatives"): DEFAULT_POOLS.k_retrieved,
     ("train blender", "--random-negatives"): DEFAULT_POOLS.k_random,
@@ -64,6 +68,10 @@ EXPECTED: dict[tuple[str, str], Any] = {
     ("eval ranking", "--contexts"): EvalRankingConfig().contexts,
     ("bank score", "--batch-size"): BankScoreConfig().batch_size,
     ("bank score", "--threads"): BankScoreConfig().threads,
+    **{(command, "--executor"): ExecutorConfig().kind
+       for command in ("bank score", "index build", "train reward", "train blender")},
+    **{(command, "--actors"): ExecutorConfig().actors
+       for command in ("bank score", "index build", "train reward", "train blender")},
     ("bank init", "--chitchat-limit"): parameter(build_default_bank, "chitchat_limit"),
     ("ssa export", "--overlap"): parameter(export_pointwise, "overlap"),
     ("ssa export", "--honeypot-rate"): parameter(export_pointwise, "honeypot_rate"),

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from crash_jobs import Run, kill_points, run
-from tiny_models import build_tiny_encoder
+from tiny_models import build_tiny_decoder, build_tiny_encoder
 
 SEED = int(os.environ.get("REPLIQ_CRASH_SEED", "4"))
 KILLS = 3
@@ -72,33 +72,39 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def copy_home(base: Path, name: str) -> Path:
+def copy_home(base: Path, name: str, source: str = "home") -> Path:
     home = base / name
     shutil.rmtree(home, ignore_errors=True)
-    shutil.copytree(base / "home", home)
+    shutil.copytree(base / source, home)
     return home
 
 
-def crash_and_check(base: Path, name: str, argv: list[str], observe, rerun_ok) -> dict[str, list]:
+def crash_and_check(base: Path, name: str, argv: list[str], observe, rerun_ok, source: str = "home",
+                    extra_points=lambda dry: [], check_resume=None, kills: int = KILLS) -> dict[str, list]:
     """Reference run, dry run, then a kill at each point: ``observe(home)`` says what a reader sees (and
-    checks it is old or new), ``rerun_ok(run, seen)`` judges the rerun. Returns what each kill left."""
-    old = observe(copy_home(base, f"{name}-old"))
-    reference = copy_home(base, f"{name}-ref")
+    checks it is old or new), ``rerun_ok(run, seen)`` judges the rerun. Returns what each kill left.
+    ``extra_points(dry)`` adds kill points; ``check_resume(home)``, called after a kill, returns a check of
+    the home after the rerun (did it continue from what the killed run had saved?)."""
+    old = observe(copy_home(base, f"{name}-old", source))
+    reference = copy_home(base, f"{name}-ref", source)
     dry = run(["--home", str(reference), *argv])
     assert dry.rc == 0, dry.stderr[-2000:]
     new = observe(reference)
     assert new != old, "the job changed nothing: the test would prove nothing"
     seen: dict[str, list] = {"old": [], "new": []}
-    for n, point in enumerate(kill_points(dry, KILLS, SEED)):
-        home = copy_home(base, f"{name}-kill{n}")
+    for n, point in enumerate([*kill_points(dry, kills, SEED), *extra_points(dry)]):
+        home = copy_home(base, f"{name}-kill{n}", source)
         killed = run(["--home", str(home), *argv], kill_at=point)
         assert killed.killed, f"the kill at call {point} of {dry.calls} did not happen"
         state = observe(home)
         assert state in (old, new), f"kill at call {point}: a state that is neither old nor new"
         seen["old" if state == old else "new"].append(point)
+        resumed = check_resume(home) if check_resume is not None else None
         again = run(["--home", str(home), *argv])
         assert rerun_ok(again, state == new), again.stderr[-2000:]
         assert observe(home) == new, f"kill at call {point}: the rerun did not reach the uninterrupted result"
+        if resumed is not None:
+            resumed(home)
     return seen
 
 
@@ -174,13 +180,18 @@ def blender_state(home: Path) -> str:
     return Blender.load(directory).manifest.model_sha256
 
 
-def test_train_blender_killed_anywhere_leaves_a_loadable_blender(base: Path) -> None:
-    corpus = base / "corpus.jsonl"
+def write_corpus(corpus: Path) -> Path:
+    """24 four-turn dialogues per language in the JSONL dialogue format: the blender's training data."""
     rng = random.Random(1)
     words = {"en": ["hello", "tea", "weather", "book", "walk"], "ru": ["привет", "чай", "погода", "книга", "гулять"]}
     corpus.write_text("".join(json.dumps({"id": f"c:{lang}{i}", "language": lang, "turns": [
         {"speaker": "AB"[j % 2], "text": f"{' '.join(rng.sample(words[lang], 2))} {j}"} for j in range(4)]},
         ensure_ascii=False) + "\n" for i in range(24) for lang in words), encoding="utf-8")
+    return corpus
+
+
+def test_train_blender_killed_anywhere_leaves_a_loadable_blender(base: Path) -> None:
+    corpus = write_corpus(base / "corpus.jsonl")
     train = ["train", "blender", "--chitchat", "0", "--corpus", str(corpus), "--rounds", "5"]
     home = base / "home"
     first = run(["--home", str(home), *train, "--max-pairs", "12"])
@@ -229,3 +240,136 @@ def test_publishing_a_directory_killed_at_every_storage_call_leaves_old_or_new(t
         assert versions in ({"old"}, {"new"}), f"kill at call {point}: {versions}"
         outcomes |= versions
     assert outcomes == {"old", "new"}  # some kills landed before the swap, some after
+
+
+# The LM and RL jobs: `bank score` (resumable, batch by batch), `train reward` and `rl tune` (resumable from
+# its per-iteration checkpoint). Their workspace adds a tiny decoder as the LM and a blender to the base.
+
+
+@pytest.fixture(scope="module")
+def jobs(base: Path) -> Path:
+    """Two sources beside the base home: ``jobs`` (a blender, no LM scores yet) and ``rl`` (also the bank
+    scored, a specificity proxy and a relevance model: what `rl tune` needs)."""
+    from core.config import load_settings
+    from core.training_corpora import BlenderCorpora, read_corpora, sample_pairs
+    from rl.relevance import train_relevance_model
+
+    decoder = build_tiny_decoder(base / "decoder")
+    home = copy_home(base, "jobs")
+    with (home / "config.toml").open("a", encoding="utf-8") as config:
+        config.write(f'[lm]\nname = "{decoder}"\nthreads = 1\n')
+    corpus = write_corpus(base / "jobs-corpus.jsonl")
+    trained = run([*lm_argv(base, home), "train", "blender", "--chitchat", "0", "--corpus", str(corpus),
+                   "--rounds", "5", "--max-pairs", "16"])
+    assert trained.rc == 0, trained.stderr[-2000:]
+    rl = copy_home(base, "rl", "jobs")
+    proxy = run([*lm_argv(base, rl), *REWARD, "--members", "1"])
+    assert proxy.rc == 0, proxy.stderr[-2000:]
+    settings = load_settings(environ={"REPLIQ_HOME": str(rl), "REPLIQ_MODELS": str(base / "models")})
+    pairs = sample_pairs(read_corpora(BlenderCorpora(chitchat_conversations=0, jsonl=[corpus])), ("en", "ru"), 40,
+                         settings.retrieval.context_turns, seed=0)
+    train_relevance_model(settings, pairs, settings.artifacts_dir / "reward-relevance")
+    return base
+
+
+REWARD = ["train", "reward", "--kind", "specificity", "--inputs", "lexical", "--head", "ridge"]
+
+
+def lm_argv(base: Path, home: Path | None = None) -> list[str]:
+    """A models directory of the test's own: the teacher cache lives beside it, never in the user's cache."""
+    return [*(["--home", str(home)] if home else []), "--models-dir", str(base / "models")]
+
+
+def lm_scores(home: Path) -> dict[int, tuple[int, float, float]]:
+    with sqlite3.connect(home / "bank.sqlite") as conn:
+        rows = conn.execute("SELECT phrase_id, phrase_version, sum_logprob, n_tokens FROM lm_scores").fetchall()
+    return {pid: (version, total, tokens) for pid, version, total, tokens in rows}
+
+
+def same_scores(got: dict, want: dict) -> bool:
+    """Equal up to float noise (a batch's padding changes the last bits of a log-probability)."""
+    return all(pid in want and got[pid][0] == want[pid][0] and got[pid][2] == want[pid][2]
+               and got[pid][1] == pytest.approx(want[pid][1], rel=1e-4, abs=1e-4) for pid in got)
+
+
+def test_bank_score_killed_anywhere_keeps_whole_batches_and_the_rerun_resumes(jobs: Path) -> None:
+    argv = [*lm_argv(jobs), "bank", "score", "--batch-size", "8"]
+    reference = copy_home(jobs, "score-ref", "jobs")
+    phrases = content(reference / "bank.sqlite")
+    dry = run(["--home", str(reference), *argv])
+    assert dry.rc == 0, dry.stderr[-2000:]
+    full = lm_scores(reference)
+    assert len(full) > 16, "too few phrases for several batches: the test would prove little"
+    batches = sum(name == "executemany" for _, name in dry.storage_calls)
+    assert batches >= 3, dry.storage_calls
+    # One kill anywhere, one as the second batch is written (the first is committed), one as the last is.
+    points = [*kill_points(dry, 1, SEED), ("executemany", 2), ("executemany", batches)]
+    resumed = []
+    for n, point in enumerate(points):
+        home = copy_home(jobs, f"score-kill{n}", "jobs")
+        assert run(["--home", str(home), *argv], kill_at=point).killed
+        assert integrity(home / "bank.sqlite") == "ok" and content(home / "bank.sqlite") == phrases
+        partial = lm_scores(home)
+        assert len(partial) % 8 == 0 or len(partial) == len(full), f"kill at {point}: half a batch was stored"
+        assert same_scores(partial, full), f"kill at {point}: a stored score differs from the uninterrupted run"
+        again = run(["--home", str(home), *argv])
+        assert again.rc == 0, again.stderr[-2000:]
+        # Resumed: only the phrases the killed run had not committed are scored again.
+        assert f"scored {len(full) - len(partial)} phrases" in again.stdout, again.stdout
+        assert f"{len(partial)} of {len(full)} approved phrases were already up to date" in again.stdout
+        assert lm_scores(home).keys() == full.keys() and same_scores(lm_scores(home), full)
+        resumed.append(len(partial))
+    assert any(0 < k < len(full) for k in resumed), f"no kill landed between two batches: {resumed}"
+
+
+def proxy_state(home: Path) -> str:
+    """The specificity proxy RL would load (load_artifact checks every array against its manifest)."""
+    from rl.proxy import load_specificity_proxy
+
+    assert integrity(home / "bank.sqlite") == "ok"
+    return load_specificity_proxy(home / "artifacts" / "reward-specificity", None).identity
+
+
+def test_train_reward_killed_anywhere_leaves_a_loadable_proxy(jobs: Path) -> None:
+    crash_and_check(jobs, "reward", [*lm_argv(jobs), *REWARD, "--members", "2"], proxy_state,
+                    lambda again, _: again.rc == 0, source="rl")
+
+
+def tuned_state(home: Path) -> str:
+    """The tuned blender a server would load (Blender.load verifies the booster against its manifest), or
+    none at all; never a directory that exists but does not load."""
+    from ranker.blender import Blender
+
+    assert integrity(home / "bank.sqlite") == "ok"
+    directory = home / "artifacts" / "blender-rl"
+    return Blender.load(directory).manifest.model_sha256 if directory.exists() else "no tuned blender"
+
+
+def test_rl_tune_killed_anywhere_resumes_from_its_checkpoint(jobs: Path) -> None:
+    """Kills anywhere, at a publishing call, and as the second checkpoint starts (the first is complete),
+    so at least one rerun must continue from a saved iteration rather than start over."""
+    resumed: list[int] = []
+
+    def check_resume(home: Path):
+        state = home / "artifacts" / "rl-run" / "beta-0.05" / "checkpoint" / "state.json"
+        if not state.exists():
+            return None
+        saved = json.loads(state.read_text(encoding="utf-8"))["history"]
+
+        def after(home: Path) -> None:
+            report = json.loads((home / "artifacts" / "rl-run" / "report.json").read_text(encoding="utf-8"))
+            # Rows are loaded, not recomputed: even their measured seconds are the killed run's.
+            assert report["runs"]["0.05"]["history"][:len(saved)] == saved
+            resumed.append(len(saved))
+
+        return after
+
+    def second_checkpoint(dry: Run) -> list[tuple[str, int]]:
+        saves = [i for i, name in dry.storage_calls if name == "rl.tune._save"]
+        assert len(saves) == 2, saves  # one checkpoint per iteration
+        return [("rl.tune._save", 2)]
+
+    argv = [*lm_argv(jobs), "rl", "tune", "--betas", "0.05", "--beta", "0.05", "--iterations", "2"]
+    crash_and_check(jobs, "rl", argv, tuned_state, lambda again, _: again.rc == 0, source="rl",
+                    extra_points=second_checkpoint, check_resume=check_resume, kills=2)
+    assert any(n > 1 for n in resumed), resumed

@@ -166,6 +166,24 @@ def test_rotation_by_size_and_retention(tmp_path: Path) -> None:
     assert len(_lines(log)) == 30
 
 
+def test_retention_runs_on_a_clock_without_rotation(tmp_path: Path) -> None:
+    """A quiet server never fills a file; old logs must still go."""
+    log = _log(tmp_path, rotate_bytes=1 << 20, retention_days=1, prune_every_s=0.05)
+    log.record("r0", "", CONTEXT, "ru", Explorer(ServingPolicy("greedy")).choose(_pool()), {})
+    deadline = time.time() + 5
+    while not log.files() and time.time() < deadline:
+        time.sleep(0.01)
+    old = log.directory / "decisions-20000101T000000000000-1.jsonl"
+    old.write_text("{}\n")
+    os.utime(old, (time.time() - 3 * 86400, time.time() - 3 * 86400))
+    while old.exists() and time.time() < deadline:
+        time.sleep(0.02)
+    assert not old.exists(), "the writer deletes files past the retention while idle"
+    assert len(log.files()) == 1, "the current file is kept (and no rotation happened)"
+    log.close()
+    assert len(_lines(log)) == 1
+
+
 def test_write_error_stops_logging_once_and_never_raises(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     log = _log(tmp_path)
 
@@ -186,6 +204,10 @@ def test_write_error_stops_logging_once_and_never_raises(tmp_path: Path, caplog:
     assert log.failed and "No space left" in log.failed
     assert log.stats()["written"] == 0 and log.stats()["dropped_failed"] == 5
     assert len([r for r in caplog.records if "decision logging stopped" in r.getMessage()]) == 1
+    from dialog.serving.metrics import REGISTRY
+
+    assert REGISTRY.get_sample_value("repliq_decision_log_failed") == 1.0, "the metric says logging stopped"
+    assert REGISTRY.get_sample_value("repliq_decisions_dropped_total", {"reason": "failed"}) >= 5
 
 
 # ---- reading logs back and labeling served turns ---------------------------------------------------

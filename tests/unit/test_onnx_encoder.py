@@ -25,6 +25,7 @@ from retriever.onnx_encoder import (
     read_export,
 )
 from retriever.onnx_export import export_is_current, export_model
+from retriever.onnx_quantize import SENSITIVE_GROUPS, cpu_int8_flags, fp32_nodes
 
 from tiny_models import build_tiny_encoder
 from workspace import make_settings
@@ -90,7 +91,8 @@ def test_manifest_records_source_hash_and_gate(exported: Path) -> None:
     export = read_export(exported)
     source = json.loads((exported / "repliq_manifest.json").read_text())
     assert export["source_weights_sha256"] == source["weights_sha256"]
-    assert export["selected"] == "int8" and export["variants"]["int8"]["recipe"] == "int8-per-tensor"
+    assert export["selected"] == "int8" and export["variants"]["int8"]["recipe"] == "int8-per-channel"
+    assert export["cpu_int8_flags"] == cpu_int8_flags()
     gate = export["variants"]["int8"]["gate"]
     assert gate["passed"] and gate["mean_cosine"] >= 0.995 and gate["probe_texts"] == len(PROBE)
     assert set(gate["retrieval"]) == {"en", "ru"} and gate["retrieval"]["ru"]["drop_points"] == 0
@@ -104,7 +106,16 @@ def test_int8_failing_the_gate_falls_back_to_fp32_with_the_reason(tmp_path: Path
     said: list[str] = []
     export = export_model(model_dir, int8_loses_russian, ["fake"], probe=PROBE, say=said.append)
     assert export["selected"] == "fp32"
-    assert list(export["candidates"]) == ["int8-per-tensor", "int8-per-channel", "int8-per-channel-ffn-fp32"]
+    assert list(export["candidates"]) == ["int8-per-channel", "int8-per-channel-reduce-range",
+                                          "int8-reduce-range-sensitive-fp32", "int8-matmul-attention-only"]
+    rungs = export["candidates"]
+    assert [rungs[name]["reduce_range"] for name in rungs] == [False, True, True, True]
+    assert rungs["int8-reduce-range-sensitive-fp32"]["fp32_nodes"] == len(fp32_nodes(
+        model_dir / "onnx" / "model.fp32.onnx", SENSITIVE_GROUPS)) > 0
+    assert rungs["int8-matmul-attention-only"]["op_types"] == ["MatMul"]
+    assert all(not rung["gate"]["passed"] for rung in rungs.values())
+    # Only one int8 file is kept: the failed rung closest to torch, for the record.
+    assert len(list((model_dir / "onnx").glob("model.int8*.onnx"))) == 1
     assert "ru R@1/10 48.0 is 2.0 points below torch's 50.0" in export["warnings"][0]
     assert any("FAILED" in line for line in said)
     assert OnnxEncoder(model_dir).variant == "fp32"  # "selected" follows the gate
@@ -210,3 +221,15 @@ def test_models_prepare_exports_a_named_local_encoder(tmp_path: Path, monkeypatc
     assert english["n"] == 40 and english["drop_points"] <= 0.5
     assert main(["models", "prepare", str(model_dir)]) == 0
     assert "onnx cached" in capsys.readouterr().out
+
+
+def test_fp32_node_groups_name_real_nodes_and_refuse_unknown_ones(exported: Path) -> None:
+    fp32 = exported / "onnx" / "model.fp32.onnx"
+    assert fp32_nodes(fp32, ["word_embeddings"]) == ["/transformer/embeddings/word_embeddings/Gather"]
+    ffn = fp32_nodes(fp32, ["ffn_out"])
+    assert ffn and all("/output/dense/" in n and "/attention/" not in n for n in ffn)
+    assert fp32_nodes(fp32, ["ffn_in"]) and not set(fp32_nodes(fp32, ["ffn_in"])) & set(ffn)
+    layer0 = fp32_nodes(fp32, ["layer.0"])
+    assert layer0 and all("/layer.0/" in n for n in layer0) and set(ffn) & set(layer0)
+    with pytest.raises(ValueError, match="unknown fp32 node group 'attention'"):
+        fp32_nodes(fp32, ["attention"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -80,6 +81,31 @@ def test_bad_logs_and_targets_are_refused() -> None:
         LoggedDecisions([], [], [], [])
 
 
+def test_direct_method_reads_the_reward_model_scores(world: World, truth: float) -> None:
+    """Logged features that say nothing about the reward: only a reward model that tracks it can make DR's
+    direct-method term (Σ_a π(a) r̂(a)) worth B's value rather than the served policy's."""
+    data, X = log_decisions(world, 4_000, ServingPolicy("epsilon-greedy", epsilon=0.2, top_k=3), seed=7)
+    noise = np.random.default_rng(8).normal(size=data.features.shape)
+    blind = LoggedDecisions(data.logging_p, data.group_sizes, data.chosen, data.rewards, features=noise)
+    target = policy_probs(X, world.theta_b, GREEDY)
+    scores = world.reward_p(X).reshape(-1, 1)
+
+    def direct(reward_hat: np.ndarray) -> float:
+        return float((target * reward_hat.reshape(target.shape)).sum(axis=1).mean())
+
+    with_model = direct(cross_fit_reward_model(blind, model_scores=scores))
+    without = direct(cross_fit_reward_model(blind))
+    assert abs(with_model - truth) < 0.015, (with_model, truth)
+    assert abs(without - truth) > 0.05 and abs(without - blind.rewards.mean()) < 0.02, "blind r̂: the served value"
+    report = evaluate(blind, target.reshape(-1), cross_fit_reward_model(blind, model_scores=scores), n_boot=100)
+    assert report.estimate("dr").ci_low <= truth <= report.estimate("dr").ci_high
+    only_model = cross_fit_reward_model(LoggedDecisions(data.logging_p, data.group_sizes, data.chosen,
+                                                        data.rewards), model_scores=scores)
+    assert np.corrcoef(only_model, scores[:, 0])[0, 1] > 0.99  # no logged features at all: the model alone
+    with pytest.raises(ValueError, match="reward-model scores"):
+        cross_fit_reward_model(LoggedDecisions(data.logging_p, data.group_sizes, data.chosen, data.rewards))
+
+
 def test_matching_policies_reproduce_the_logged_value_exactly() -> None:
     data = LoggedDecisions([0.9, 0.1, 0.5, 0.5], [2, 2], [0, 1], [1.0, 0.0])
     report = evaluate(data, data.logging_p, n_boot=50)
@@ -100,7 +126,8 @@ class PhraseSource:
     def candidates(self, context, language, k, deadline):
         from core.types import Candidate
 
-        rng = np.random.default_rng(abs(hash(context.last_text)) % 2**32)
+        # A content hash, not hash(): str hashes change per process, and so would every pool and the test's outcome.
+        rng = np.random.default_rng(int(hashlib.sha1(context.last_text.encode()).hexdigest()[:8], 16))
         picks = rng.choice(len(PHRASES), size=6, replace=False)
         return [Candidate(PHRASES[i], "bank", language, phrase_id=int(i) + 1, score=float(c),
                           stage_scores={"retrieval": float(c)}) for i, c in zip(picks, rng.random(6), strict=True)]
@@ -146,7 +173,7 @@ def test_end_to_end_over_grpc_with_feedback_and_a_second_blender(tmp_path) -> No
     served_blender = _tiny_blender(tmp_path / "blender-a", prefer_questions=False)
     candidate = _tiny_blender(tmp_path / "blender-b", prefer_questions=True)
     settings = Settings(home=tmp_path / "home")
-    settings = replace(settings, logging=replace(settings.logging, decisions=True),
+    settings = replace(settings, logging=replace(settings.logging, decisions=True, log_user_text=True),
                        exploration=replace(settings.exploration, epsilon=0.5, top_k=0, seed=11))
     loop = build_serving_loop(settings, served_blender)
     pipeline = Pipeline([PhraseSource()], pool_k=6, reranker=served_blender,
@@ -185,7 +212,66 @@ def test_end_to_end_over_grpc_with_feedback_and_a_second_blender(tmp_path) -> No
     assert value > summary["logging_value"]
     assert (tmp_path / "report" / "report.md").read_text().count("| dr |") == 1
     assert (tmp_path / "report" / "estimates.png").stat().st_size > 1000
+    _check_reward_model_sources(logs, tmp_path, records, candidate, summary)
     _tiny_blender(tmp_path / "blender-c", prefer_questions=True, names=("retrieval",))
     with pytest.raises(BlenderMismatchError, match="other model versions"):
         evaluate_offpolicy(logs, tmp_path / "blender-c", feedback_rewards(settings.home / FEEDBACK_DB),
                            tmp_path / "report-c")
+
+
+class _TextScorer:
+    """A reward model with a known answer: ``total`` is a fixed function of the reply's text."""
+
+    columns = ("relevance", "specificity_z", "total")
+
+    def __init__(self, identity: str, fn) -> None:
+        self.identity, self.fn = identity, fn
+
+    def score(self, contexts, texts, languages) -> np.ndarray:
+        assert len(contexts) == len(texts) == len(languages) and all(c.turns for c in contexts)
+        values = np.array([self.fn(t) for t in texts], dtype=np.float64)
+        return np.column_stack([values, -values, values])
+
+
+def _check_reward_model_sources(logs, tmp_path, records, candidate, feedback_summary) -> None:
+    """--reward model scores the served reply with the reward model; a reward model sharpens DR's direct method."""
+    from dialog.jobs.eval_offpolicy import evaluate_offpolicy
+
+    def words(text: str) -> float:
+        return len(text.split()) / 5.0
+
+    summary = evaluate_offpolicy(logs, tmp_path / "blender-b", None, tmp_path / "report-model",
+                                 reward_source="model", reward_model=_TextScorer("words", words))
+    served = np.mean([words(r["candidates"][r["chosen"]]["text"]) for r in records])
+    assert summary["logging_value"] == pytest.approx(served) and summary["reward_model"] == "words"
+    assert summary["decisions_rewarded"] == len(records) and summary["logging_value"] != pytest.approx(
+        feedback_summary["logging_value"])
+    best = [int(np.argmax(candidate.raw_scores(np.array([[np.nan if v is None else v for v in c["features"]]
+                                                          for c in r["candidates"]])))) for r in records]
+    truth = float(np.mean([words(r["candidates"][b]["text"]) for r, b in zip(records, best, strict=True)]))
+    dr = next(e for e in summary["estimates"] if e["estimator"] == "dr")
+    assert abs(dr["value"] - truth) < 0.02 and abs(truth - served) > 0.05, (dr, truth, served)
+    assert "reward model words" in (tmp_path / "report-model" / "report.md").read_text()
+
+    def asks(text: str) -> float:
+        return float(text.endswith("?"))
+
+    from dialog.serving.feedback import FEEDBACK_DB, feedback_rewards
+
+    rewards = feedback_rewards(logs.parent / FEEDBACK_DB)
+    sharp = evaluate_offpolicy(logs, tmp_path / "blender-b", rewards, tmp_path / "report-dm",
+                               reward_model=_TextScorer("asks", asks))
+    width = {name: next(e["ci_high"] - e["ci_low"] for e in s["estimates"] if e["estimator"] == "dr")
+             for name, s in (("plain", feedback_summary), ("model", sharp))}
+    assert width["model"] < 0.5 * width["plain"], width
+    with pytest.raises(ValueError, match="needs a reward model"):
+        evaluate_offpolicy(logs, tmp_path / "blender-b", None, tmp_path / "r", reward_source="model")
+
+
+def test_a_reward_model_refuses_logs_without_user_text() -> None:
+    from rl.ope_rewards import candidate_scores
+
+    record = {"request_id": "r1", "language": "en", "chosen": 0,
+              "candidates": [{"text": "Hi", "propensity": 1.0}], "context_hash": "abc"}
+    with pytest.raises(ValueError, match="log_user_text"):
+        candidate_scores([record], _TextScorer("x", len))
