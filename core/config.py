@@ -96,8 +96,9 @@ class ServerConfig:
     # RESOURCE_EXHAUSTED at once instead of a growing wait (dialog/serving/admission.py).
     max_queue: int = 16
     # Also refused at once: a request whose expected wait for a slot (from the recent service time) is
-    # longer than this; 0 bounds the queue by count only.
-    max_queue_wait_ms: float = 250.0
+    # longer than this; 0 bounds the queue by count only. 100 ms keeps admitted requests' p99 within 2x of the
+    # unloaded p99 at 4x overload on 2 cores (250 ms gave 3.9x; docs/reliability.md "Overload").
+    max_queue_wait_ms: float = 100.0
     # Intra-op threads of the encoder while serving; 0 derives them from the cores this process may use
     # (all but one, which the GIL-bound request threads need; at least 1).
     encoder_threads: int = 0

@@ -135,6 +135,8 @@ class AdaptedEncoder:
         self.manifest = getattr(base, "manifest", None)
         self.dim: int = int(getattr(base, "dim", adapter.dim))
         self.adapter_identity = adapter.identity
+        # The runtime underneath (torch or onnx), so whoever reports the backend sees through the adapter.
+        self.backend: str = str(getattr(base, "backend", "torch"))
 
     def encode_queries(self, texts: Sequence[str], *args: Any, **kwargs: Any) -> np.ndarray:
         return self.adapter.apply(self.base.encode_queries(texts, *args, **kwargs))

@@ -45,6 +45,8 @@ def register_bank_lint(bank_actions: argparse._SubParsersAction) -> None:
     """`repliq bank lint`, registered under `repliq bank` by dialog/cli/bank.py."""
     lint = bank_actions.add_parser("lint", help="check every phrase; JSON + HTML report (<home>/lint/)")
     lint.add_argument("--probe", help="dev dialogues (JSONL, core.corpora format) for dead and hub phrases")
+    lint.add_argument("--logs", metavar="DIR", help="decision logs whose served contexts join the probe set "
+                      "(default <home>/decisions when it holds decisions with their text; log_user_text)")
     lint.add_argument("--json", help="JSON report path (default <home>/lint/report.json)")
     lint.add_argument("--html", help="HTML report path (default <home>/lint/report.html)")
     lint.add_argument("--text-only", action="store_true", help="only the text rules (no models, seconds)")
@@ -137,11 +139,18 @@ def run_bank_lint(args: argparse.Namespace, settings: Settings) -> int:
     from pathlib import Path
 
     from dialog.editor.lint import BLOCKLIST_FILE, REPORT_FILE, LintOptions, read_blocklist, write_report
-    from dialog.editor.lint_bank import lint_bank, load_probe
+    from dialog.editor.lint_bank import lint_bank, load_probe, logged_probe
     from dialog.editor.lint_html import render_report
 
     options = LintOptions(blocklist=read_blocklist(settings.home / BLOCKLIST_FILE))
-    probe = load_probe(Path(args.probe), settings.retrieval.context_turns) if args.probe else None
+    probe = load_probe(Path(args.probe), settings.retrieval.context_turns) if args.probe else []
+    log_dir = Path(args.logs) if args.logs else Path(settings.logging.dir or settings.home / "decisions")
+    logged = logged_probe(log_dir, settings.retrieval.context_turns)
+    if args.logs and not logged:
+        print(f"  {log_dir}: no served contexts with their text (serve with [logging] log_user_text = true)")
+    probe = (probe + logged) or None
+    if logged:
+        print(f"probe set: {len(probe) - len(logged)} dev contexts + {len(logged)} served contexts from {log_dir}")
     with _open(settings) as bank:
         report = lint_bank(bank, None if args.text_only else settings, probe, options)
     json_path = Path(args.json) if args.json else settings.home / REPORT_FILE

@@ -42,6 +42,21 @@ def load_probe(path: Path, context_turns: int = 3, limit: int = PROBE_LIMIT) -> 
     return probe
 
 
+def logged_probe(log_dir: Path, context_turns: int = 3, limit: int = PROBE_LIMIT) -> list[tuple[str, str]]:
+    """(language, query text) of served contexts in the decision log: the traffic users actually send.
+
+    Empty when there is no log, or when its decisions carry no text (served without ``log_user_text``)."""
+    from dialog.editor.gaps import logged_contexts
+
+    if not Path(log_dir).is_dir():
+        return []
+    try:
+        found = logged_contexts(Path(log_dir), limit)
+    except (ValueError, FileNotFoundError):  # no log files, or decisions without their text
+        return []
+    return [(probe.language, probe.context.as_query_text(context_turns)) for probe in found]
+
+
 def near_duplicates(index: BankIndex, options: LintOptions) -> list[LintWarning]:
     found = []
     for language in index.languages:

@@ -10,7 +10,7 @@ import pytest
 from core.bank.schema import Phrase
 from core.bank.store import PhraseBank
 from dialog.editor.lint import LintOptions, LintReport, read_blocklist, read_report, text_warnings, write_report
-from dialog.editor.lint_bank import dead_and_hubs, generic_phrases, lint_bank, load_probe
+from dialog.editor.lint_bank import dead_and_hubs, generic_phrases, lint_bank, load_probe, logged_probe
 from dialog.editor.lint_html import render_report
 from retriever.bank_index import load_index, update_index
 from retriever.encoder import Encoder
@@ -164,3 +164,28 @@ def test_the_shared_abuse_lists_are_checked_in_the_phrase_language() -> None:
         assert any(w.rule == "blocklisted" and repr(word) in w.why for w in warnings), (language, word)
     stem = sorted(packaged_blocklists()["en"].stems)[0]
     assert "blocklisted" in rules(f"so {stem}ing annoying")
+
+
+def _decision(request_id: str, language: str, context: list[dict[str, str]] | None) -> dict:
+    record = {"schema": "repliq.decision/1", "request_id": request_id, "language": language, "policy": "p",
+              "candidates": [{"text": "a", "propensity": 1.0}], "chosen": 0, "versions": {}}
+    if context is not None:
+        record["context"] = context
+    return record
+
+
+def test_served_contexts_join_the_probe_set_only_when_logged_with_their_text(tmp_path: Path) -> None:
+    assert logged_probe(tmp_path / "missing") == []
+    logs = tmp_path / "decisions"
+    logs.mkdir()
+    assert logged_probe(logs) == []  # a log folder with no files yet
+    lines = [_decision("r1", "ru", [{"speaker": "user", "text": "Привет! Как дела?"}]),
+             _decision("r2", "en", None),  # served without log_user_text: only hashes
+             _decision("r3", "en", [{"speaker": "user", "text": "hi"}, {"speaker": "bot", "text": "hello"},
+                                    {"speaker": "user", "text": "any plans for tonight?"}])]
+    (logs / "decisions-0001.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines), encoding="utf-8")
+    probe = logged_probe(logs, context_turns=2)
+    assert [lang for lang, _ in probe] == ["ru", "en"]
+    assert "Привет" in probe[0][1] and "any plans for tonight?" in probe[1][1] and "hi" not in probe[1][1].split()
+    (logs / "decisions-0001.jsonl").write_text(json.dumps(lines[1]) + "\n", encoding="utf-8")
+    assert logged_probe(logs) == []

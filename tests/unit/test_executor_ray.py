@@ -22,8 +22,9 @@ from core.job_configs import BankScoreConfig, BlenderTrainConfig, BuilderConfig,
 from core.training_corpora import BlenderCorpora
 from dialog.jobs.bank_score import bank_score
 from dialog.jobs.index_build import index_build
-from dialog.jobs.train_blender import train_workspace_blender
+from dialog.jobs.train_blender import BlenderFeatureWorker, train_workspace_blender
 from ranker.dataset import RankingDataset
+from ranker.idf import IdfTable
 from ranker.training_data import data_dir_of
 
 from tiny_models import build_tiny_decoder, build_tiny_encoder
@@ -148,3 +149,9 @@ def test_blender_dataset_built_on_ray_equals_the_local_one(tmp_path: Path, model
 
     assert digest(on_ray) == digest(local)  # feature matrix and labels, bit for bit
     assert on_ray.data_hash == local.data_hash  # and the contexts, texts, origins and annotators, in order
+
+    # A worker whose rebuilt resources are not the driver's (here: another index) refuses to compute.
+    stale = BlenderFeatureWorker(settings, None, IdfTable.build(["x"]), ([], np.zeros((0, 32), np.float32)),  # type: ignore[arg-type]
+                                 "another-index", local.annotators, local.resources)
+    with pytest.raises(RuntimeError, match="differ from the driver's"):
+        stale()

@@ -233,3 +233,18 @@ def test_fp32_node_groups_name_real_nodes_and_refuse_unknown_ones(exported: Path
     assert layer0 and all("/layer.0/" in n for n in layer0) and set(ffn) & set(layer0)
     with pytest.raises(ValueError, match="unknown fp32 node group 'attention'"):
         fp32_nodes(fp32, ["attention"])
+
+
+def test_a_rung_leaves_its_fp32_groups_unquantized(exported: Path, tmp_path: Path) -> None:
+    import onnx
+
+    from retriever.onnx_quantize import INT8_LADDER, quantize
+
+    attention_only = next(r for r in INT8_LADDER if r.name == "int8-matmul-attention-only")
+    out = tmp_path / "rung.onnx"
+    excluded = quantize(exported / "onnx" / "model.fp32.onnx", out, attention_only)
+    nodes = {node.name: node.op_type for node in onnx.load(str(out)).graph.node}
+    ffn = fp32_nodes(exported / "onnx" / "model.fp32.onnx", ["ffn_in", "ffn_out"])
+    assert set(ffn) <= set(excluded) and all(nodes[name] == "MatMul" for name in ffn)
+    assert any(op in ("MatMulInteger", "DynamicQuantizeMatMul") for op in nodes.values())
+    assert "DequantizeLinear" not in nodes.values()  # MatMul only: the embedding Gather keeps fp32 weights
