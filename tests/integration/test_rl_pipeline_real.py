@@ -19,8 +19,9 @@ import pytest
 from core.config import Settings
 from dialog.cli.main import main
 from dialog.jobs.rl_tune import RELEVANCE_DIR, TUNED_DIR, RLRunConfig, run_rl_tune
-from ranker.blender import BlenderMismatchError
+from ranker.blender import BlenderMismatchError, read_blender_manifest
 from rl.blender_setup import SPECIFICITY_DIR, load_blender
+from rl.policy_guard import UnguardedPolicyError
 from rl.tune import PolicyTuneConfig
 
 from workspace import make_settings
@@ -112,6 +113,13 @@ def test_rl_tune_writes_report_plots_and_a_servable_tuned_blender(rl_settings: S
     from retriever.encoder import Encoder
 
     encoder = Encoder.from_config(rl_settings)
+    guard = read_blender_manifest(rl_settings.artifacts_dir / TUNED_DIR).training["guard"]
+    if not guard["servable"]:
+        # A policy that failed its guard (this fixture's few dev pools often decide it) is for inspection only:
+        # refused unless forced, and then it loads like any servable one.
+        with pytest.raises(UnguardedPolicyError, match="failed its guard"):
+            load_blender(tuned_settings, encoder)
+        tuned_settings = replace(tuned_settings, ranker=replace(tuned_settings.ranker, force_unguarded=True))
     tuned, reference = load_blender(tuned_settings, encoder), load_blender(rl_settings, encoder)
     assert tuned is not None and reference is not None
     assert tuned.manifest.parent == reference.version
