@@ -56,12 +56,12 @@ def answer_all(settings: Settings, items: list[tuple[str, Context, str]]) -> tup
         assembled.close()
 
 
-def judge_truth(export_dir: Path, judge_dir: Path, items: dict[str, tuple[str, Context, str]]
+def judge_truth(export_dir: Path, judge_dir: Path, models_dir: Path, items: dict[str, tuple[str, Context, str]]
                 ) -> tuple[dict[tuple[str, str], Truth], float]:
     """Sensible from the judge (threshold accepting 80% of golds), specific from the scripted rule on top."""
-    from rl.judge import SensiblenessJudge  # optional artifact: only this truth needs it
+    from rl.judge import load_judge  # optional artifact: only this truth needs it
 
-    judge = SensiblenessJudge.load(judge_dir)
+    judge = load_judge(judge_dir, models_dir)
     scripted = scripted_truth(export_dir)
     export = load_export(export_dir)
     key = load_key(export_dir / "key.json", export)
@@ -121,7 +121,8 @@ def main(argv: list[str] | None = None) -> None:
         def truth_of(export_dir: Path, _ids: list[str] = ids, _lang: str = language) -> dict[tuple[str, str], Truth]:
             if args.truth == "scripted":
                 return scripted_truth(export_dir)
-            truth, threshold = judge_truth(export_dir, args.judge, {cid: keyed[cid] for cid in _ids})
+            truth, threshold = judge_truth(export_dir, args.judge, settings.models_dir,
+                                           {cid: keyed[cid] for cid in _ids})
             record.setdefault("judge_threshold", {})[_lang] = threshold
             return truth
 
