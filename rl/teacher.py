@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy.stats import rankdata, spearmanr
@@ -331,12 +332,11 @@ class TeacherScorer:
         return teacher_values(scores, self.definition)
 
 
-def bank_targets(bank: ScoringBankLike, lm_id: str,
-                 definition: str = DEFAULT_DEFINITION) -> tuple[list[str], list[str], np.ndarray]:
-    """``(texts, languages, teacher values)`` of approved bank phrases from scores ``score_bank`` stored.
+def bank_reply_scores(bank: ScoringBankLike, lm_id: str, definition: str) -> tuple[list[Any], list[ReplyScore]]:
+    """Approved bank phrases with stored ``score_bank`` scores, as unconditional-only :class:`ReplyScore` rows.
 
-    This is the cheap path to proxy training data: the bank's ``lm_scores`` table already holds the
-    unconditional side. Conditional definitions need dialogues and cannot come from the bank alone.
+    The cheap path to proxy training data: the bank's ``lm_scores`` table already holds the unconditional
+    side. Conditional definitions need dialogues and cannot come from the bank alone.
     """
     from core.lm.bank_scores import load_bank_scores
 
@@ -348,5 +348,11 @@ def bank_targets(bank: ScoringBankLike, lm_id: str,
     if not phrases:
         raise ValueError(f"the bank has no stored scores from {lm_id!r}; run `repliq bank score` first")
     nan = LMScore(math.nan, math.nan, 0)
-    values = teacher_values([ReplyScore(nan, stored[p.id]) for p in phrases], definition)
-    return [p.text for p in phrases], [p.language for p in phrases], values
+    return phrases, [ReplyScore(nan, stored[p.id]) for p in phrases]
+
+
+def bank_targets(bank: ScoringBankLike, lm_id: str,
+                 definition: str = DEFAULT_DEFINITION) -> tuple[list[str], list[str], np.ndarray]:
+    """``(texts, languages, teacher values)`` of approved bank phrases from scores ``score_bank`` stored."""
+    phrases, scores = bank_reply_scores(bank, lm_id, definition)
+    return [p.text for p in phrases], [p.language for p in phrases], teacher_values(scores, definition)

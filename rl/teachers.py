@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from core.lm.scoring import LMScore, ReplyScore
+from core.lm.scoring import ReplyScore
 from core.types import Context
-from rl.teacher import CANDIDATES, CONDITIONAL, TeacherCache, score_with_cache, teacher_values
+from rl.teacher import CANDIDATES, CONDITIONAL, TeacherCache, bank_reply_scores, score_with_cache, teacher_values
 
 POOLED = "*"
 RESIDUALIZED = "uncond_surprisal_resid"
@@ -128,17 +128,7 @@ def bank_teacher_targets(bank: Any, lm_id: str, definition: str
 
     The bank holds training phrases, so the residualized definition fits its length model right here.
     """
-    from core.lm.bank_scores import load_bank_scores
-
-    if definition in CONDITIONAL:
-        raise ValueError(f"teacher definition {definition!r} needs a dialogue context; bank scores hold only the "
-                         "unconditional side")
-    stored = load_bank_scores(bank, lm_id)
-    phrases = [p for p in bank.phrases(status="approved") if p.id in stored]
-    if not phrases:
-        raise ValueError(f"the bank has no stored scores from {lm_id!r}; run `repliq bank score` first")
-    unconditional_only = LMScore(math.nan, math.nan, 0)
-    scores = [ReplyScore(unconditional_only, stored[p.id]) for p in phrases]
+    phrases, scores = bank_reply_scores(bank, lm_id, definition)
     languages = [p.language for p in phrases]
     length_model = None
     if definition == RESIDUALIZED:
