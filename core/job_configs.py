@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from core.executor import ExecutorConfig
+from core.rl_eval_config import RLEvalConfig
 from core.training_corpora import BlenderCorpora
 
 
@@ -194,6 +195,7 @@ class PolicyTuneConfig:
     seed: int = 0
     optimizer: str = "lgbm"
     num_threads: int = 1
+    bagging_fraction: float = 1.0  # < 1: each round fits a seeded row sample, so seeds give different policies
     hess_floor: float = 1e-6
     cem_population: int = 64
     cem_elite: int = 8
@@ -205,8 +207,8 @@ class PolicyTuneConfig:
             problems.append(f"optimizer must be one of {TUNE_OPTIMIZERS}, got {self.optimizer!r}")
         if self.rounds_per_iteration < 1 or self.iterations < 0:
             problems.append("rounds_per_iteration must be >= 1 and iterations >= 0")
-        if self.learning_rate <= 0 or self.num_leaves < 2:
-            problems.append("learning_rate must be positive and num_leaves >= 2")
+        if self.learning_rate <= 0 or self.num_leaves < 2 or not 0 < self.bagging_fraction <= 1:
+            problems.append("learning_rate must be positive, num_leaves >= 2 and bagging_fraction in (0, 1]")
         if self.beta < 0 or self.alpha < 0 or self.temperature <= 0:
             problems.append(f"need beta >= 0, alpha >= 0, temperature > 0; got {self.beta}, {self.alpha}, "
                             f"{self.temperature}")
@@ -221,7 +223,7 @@ class PolicyTuneConfig:
 
     def resume_key(self) -> dict[str, Any]:
         """Settings that must match to continue a run; ``iterations`` may grow."""
-        return {k: v for k, v in asdict(self).items() if k != "iterations"}
+        return {k: v for k, v in asdict(self).items() if k != "iterations" and (k, v) != ("bagging_fraction", 1.0)}
 
 
 @dataclass
@@ -241,6 +243,7 @@ class RLRunConfig:
     seed: int = 0
     # Near-tie rule (rl.policy_guard): logits by which another reply must beat π_ref's top one to replace it.
     tie_tolerance: float = 0.05
+    evaluation: RLEvalConfig = field(default_factory=RLEvalConfig)  # dev set, seeds, judges, targets (issue 14)
 
 
 # Topical-Chat training pairs for the retriever: about two turns of each train-split conversation.

@@ -103,6 +103,8 @@ def _boost(booster: lgb.Booster, ctx: _RunData, reg: Regularization, config: Pol
         "num_threads": config.num_threads,
         "verbosity": -1,
     }
+    if config.bagging_fraction < 1.0:  # the row sample is what makes runs of different seeds differ
+        params.update(bagging_fraction=config.bagging_fraction, bagging_freq=1, bagging_seed=config.seed + iteration)
     # The reference booster's feature names must survive: a tuned booster named Column_0.. would be
     # refused by the blender that wraps it.
     data = lgb.Dataset(ctx.train.X, group=ctx.train.group_sizes, feature_name=list(booster.feature_name()),

@@ -71,31 +71,38 @@ def _server_settings(args: argparse.Namespace, settings: Settings) -> Settings:
 
 def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     from dialog.serving.assembly import build_pipeline
-    from dialog.serving.server import serve_forever, start_server
+    from dialog.serving.server import bind_server, serve_forever
 
     settings = _server_settings(args, settings)
-    assembled = build_pipeline(settings)
-    from dialog.serving.admin import admin_service
-    from dialog.serving.feedback import build_serving_loop
-
-    loop = build_serving_loop(settings, assembled.pipeline.reranker)
-    running = start_server(assembled.pipeline, settings.server, settings.retrieval.top_k, loop=loop,
-                           home=settings.home, admin=admin_service(settings, assembled))
-    print(f"repliq serving on {settings.server.host}:{running.port}", file=sys.stderr, flush=True)
-    exporter = None
-    if settings.server.metrics_port:
-        from dialog.serving.metrics import start_metrics
-
-        exporter = start_metrics(settings.server.host, settings.server.metrics_port)
-        print(f"metrics on http://{settings.server.host}:{exporter.port}/metrics", file=sys.stderr, flush=True)
+    # Listen first: while the models load (seconds to minutes), health checks read NOT_SERVING and calls get
+    # UNAVAILABLE, instead of a refused connection a load balancer cannot tell from a dead replica.
+    running = bind_server(settings.server, home=settings.home)
+    print(f"repliq listening on {settings.server.host}:{running.port} (NOT_SERVING while loading)",
+          file=sys.stderr, flush=True)
+    assembled = loop = exporter = None
     try:
+        assembled = build_pipeline(settings)
+        from dialog.serving.admin import admin_service
+        from dialog.serving.feedback import build_serving_loop
+
+        loop = build_serving_loop(settings, assembled.pipeline.reranker)
+        running.attach(assembled.pipeline, settings.retrieval.top_k, loop=loop,
+                       admin=admin_service(settings, assembled))
+        print(f"repliq serving on {settings.server.host}:{running.port}", file=sys.stderr, flush=True)
+        if settings.server.metrics_port:
+            from dialog.serving.metrics import start_metrics
+
+            exporter = start_metrics(settings.server.host, settings.server.metrics_port)
+            print(f"metrics on http://{settings.server.host}:{exporter.port}/metrics", file=sys.stderr, flush=True)
         serve_forever(running, settings.server.drain_grace_s)
     finally:
+        running.stop(0)
         if exporter is not None:
             exporter.close()
         if loop is not None:
             loop.close()
-        assembled.close()
+        if assembled is not None:
+            assembled.close()
     return 0
 
 

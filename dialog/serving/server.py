@@ -115,13 +115,48 @@ class ChatService(chat_pb2_grpc.ChatServicer):
         return feedback_rpc(self.loop, request, context)
 
 
-class RunningServer:
-    """A started server and its health servicer, so callers can drain it cleanly."""
+class _Loading:
+    """Stands in for a servicer while the models load: every call is UNAVAILABLE (retryable), never a hang."""
 
-    def __init__(self, server: grpc.Server, health_servicer: health.HealthServicer, port: int) -> None:
+    def __init__(self, methods: tuple[str, ...]) -> None:
+        self.target: object | None = None
+        self.attached = False
+        for name in methods:
+            setattr(self, name, self._forward(name))
+
+    def _forward(self, name: str):
+        def call(request: object, context: grpc.ServicerContext) -> object:
+            target = self.target
+            if target is None and self.attached:
+                context.abort(grpc.StatusCode.UNIMPLEMENTED, "this service is not enabled on this server")
+            if target is None:
+                context.abort(grpc.StatusCode.UNAVAILABLE, "the server is still loading its models; health says "
+                              "NOT_SERVING until it can answer; retry shortly")
+            return getattr(target, name)(request, context)
+
+        return call
+
+
+class RunningServer:
+    """A bound server and its health servicer: NOT_SERVING until ``attach`` wires the pipeline, and on drain."""
+
+    def __init__(self, server: grpc.Server, health_servicer: health.HealthServicer, port: int,
+                 chat: _Loading, admin: _Loading, config: ServerConfig) -> None:
         self.server = server
         self.health = health_servicer
         self.port = port
+        self._chat, self._admin, self._config = chat, admin, config
+
+    def attach(self, pipeline: Pipeline, default_top_k: int, loop: ServingLoop | None = None,
+               admin: AdminService | None = None) -> None:
+        """Start answering with ``pipeline`` (and ``admin`` for Publish, when given), then report SERVING."""
+        self._admin.target, self._admin.attached = admin, True
+        self._chat.target = ChatService(pipeline, self._config, default_top_k, loop)
+        self._chat.attached = True
+        for service in ("", CHAT_SERVICE):
+            self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        log_event(log, "serving", host=self._config.host, port=self.port,
+                  workers=running_slots(self._config.max_workers), queue=self._config.max_queue)
 
     def stop(self, grace: float) -> None:
         """Refuse new calls, report NOT_SERVING, and wait up to ``grace`` seconds for calls in flight."""
@@ -129,10 +164,12 @@ class RunningServer:
         self.server.stop(grace).wait()
 
 
-def start_server(pipeline: Pipeline, config: ServerConfig, default_top_k: int,
-                 loop: ServingLoop | None = None, home: Path | None = None,
-                 admin: AdminService | None = None) -> RunningServer:
-    """``home`` resolves relative TLS file paths of ``config``; ``admin`` adds repliq.v1.Admin (hot publish)."""
+def bind_server(config: ServerConfig, home: Path | None = None) -> RunningServer:
+    """Listen before the models load, so a load balancer's health check reads NOT_SERVING, not a refused port.
+
+    ``home`` resolves relative TLS file paths of ``config``. Chat and Admin answer UNAVAILABLE until
+    ``RunningServer.attach``; drain is ``RunningServer.stop``.
+    """
     options = [
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),
@@ -140,9 +177,10 @@ def start_server(pipeline: Pipeline, config: ServerConfig, default_top_k: int,
     ]
     threads = executor_threads(running_slots(config.max_workers), config.max_queue)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads), options=options)
-    add_chat_service(ChatService(pipeline, config, default_top_k, loop), server)  # bad bytes: INVALID_ARGUMENT
-    if admin is not None:
-        add_admin_service(admin, server)  # dialog/serving/admin.py: token-authenticated Publish
+    chat = _Loading(tuple(m.name for m in chat_pb2.DESCRIPTOR.services_by_name["Chat"].methods))
+    add_chat_service(chat, server)  # bad bytes: INVALID_ARGUMENT
+    admin = _Loading(("Publish",))
+    add_admin_service(admin, server)  # dialog/serving/admin.py: token-authenticated Publish (UNAVAILABLE if off)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -152,17 +190,21 @@ def start_server(pipeline: Pipeline, config: ServerConfig, default_top_k: int,
     port, transport = add_port(server, config, home)  # TLS when [server] tls_cert/tls_key are set
     if port == 0:
         raise OSError(f"cannot listen on {config.host}:{config.port}; is another server running there?")
-    # NOT_SERVING from the first moment the port answers (an unknown service would read NOT_FOUND), SERVING
-    # only once everything is wired; the pipeline was built before this call. Drain: RunningServer.stop.
+    # NOT_SERVING from the first moment the port answers (an unknown service would read NOT_FOUND).
     for service in ("", CHAT_SERVICE):
         health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
     server.start()
-    for service in ("", CHAT_SERVICE):
-        health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    log_event(log, "serving", host=config.host, port=port, workers=running_slots(config.max_workers),
-              queue=config.max_queue,
-              threads=threads, transport=transport)
-    return RunningServer(server, health_servicer, port)
+    log_event(log, "listening", host=config.host, port=port, threads=threads, transport=transport)
+    return RunningServer(server, health_servicer, port, chat, admin, config)
+
+
+def start_server(pipeline: Pipeline, config: ServerConfig, default_top_k: int,
+                 loop: ServingLoop | None = None, home: Path | None = None,
+                 admin: AdminService | None = None) -> RunningServer:
+    """Bind and attach at once, for a pipeline that is already built (tests, benchmarks, embedding)."""
+    running = bind_server(config, home)
+    running.attach(pipeline, default_top_k, loop, admin)
+    return running
 
 
 def serve_forever(running: RunningServer, grace: float) -> None:

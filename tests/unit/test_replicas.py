@@ -2,7 +2,8 @@
 
 Both `repliq serve` processes read the same workspace (bank, published index snapshot, models), so they
 answer alike; SIGKILL one mid-load and the client's retries land on the other, no request failing twice.
-Also: health is NOT_SERVING from the moment the port answers until the server is wired, and during drain.
+Also: health is NOT_SERVING from the moment the port answers until the server is wired, and during drain;
+`repliq serve` listens before its models load, so a load balancer sees NOT_SERVING, not a refused port.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from core.config import ServerConfig
 from dialog.serving.client import ChatClient
 from dialog.serving.pipeline import Pipeline
-from dialog.serving.server import CHAT_SERVICE, start_server
+from dialog.serving.server import CHAT_SERVICE, bind_server, start_server
 from repliq.v1 import chat_pb2, chat_pb2_grpc
 
 from tiny_models import build_tiny_encoder
@@ -227,3 +228,37 @@ def test_health_is_not_serving_until_wired_and_during_drain(monkeypatch: pytest.
         assert status == health_pb2.HealthCheckResponse.NOT_SERVING
     channel.close()
     running.stop(grace=1.0)
+
+
+def test_a_bound_server_reads_not_serving_and_refuses_calls_as_unavailable_until_attached() -> None:
+    running = bind_server(replace(ServerConfig(), port=0))
+    channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
+    health_stub, chat = health_pb2_grpc.HealthStub(channel), chat_pb2_grpc.ChatStub(channel)
+    try:
+        for service in ("", CHAT_SERVICE):
+            status = health_stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+            assert status == health_pb2.HealthCheckResponse.NOT_SERVING, service
+        with pytest.raises(grpc.RpcError) as loading:
+            chat.Respond(request("Hello there"), timeout=5)
+        assert loading.value.code() == grpc.StatusCode.UNAVAILABLE, loading.value.details()
+        assert "loading" in loading.value.details()
+        running.attach(Pipeline([NoSource()], pool_k=5), default_top_k=3)
+        status = health_stub.Check(health_pb2.HealthCheckRequest(service=CHAT_SERVICE), timeout=5).status
+        assert status == health_pb2.HealthCheckResponse.SERVING
+        assert chat.Respond(request("Hello there"), timeout=5).candidates == []  # answered by the pipeline
+        from repliq.v1 import admin_pb2, admin_pb2_grpc
+
+        with pytest.raises(grpc.RpcError) as admin:  # attached without an admin service: not enabled, not loading
+            admin_pb2_grpc.AdminStub(channel).Publish(admin_pb2.PublishRequest(), timeout=5)
+        assert admin.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        channel.close()
+        running.stop(grace=1.0)
+
+
+def test_repliq_serve_listens_before_it_loads_its_models(replicas: list[tuple[subprocess.Popen, int, Path]]
+                                                         ) -> None:
+    for _, port, log in replicas:
+        events = [json.loads(line).get("msg") for line in log.read_text().splitlines() if line.startswith("{")]
+        assert "listening" in events and "serving" in events, f"replica on {port}: {events}"
+        assert events.index("listening") < events.index("serving"), events
