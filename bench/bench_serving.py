@@ -121,6 +121,14 @@ def heldout_dialogues(data: Path, n: int, seed: int = 0) -> list[list[tuple[str,
     return [rng.choice(openers) if i % 5 == 0 else windows[i % len(windows)] for i in range(n)]
 
 
+def traffic(home: str, data: Path | None, n: int, seed: int = 0) -> tuple[list[list[tuple[str, str]]], str]:
+    """Held-out conversations when ``data`` holds them (what real users send: no free encodings from the index),
+    else dialogues of bank phrases; the second value names which, for the report."""
+    if data is not None and (Path(data) / "topicalchat_valid").is_dir():
+        return heldout_dialogues(Path(data), n, seed), f"held-out conversations ({data})"
+    return dialogues(home, n, seed), "bank phrases (flatters capacity: their vectors are in the index)"
+
+
 def run_level(port: int, concurrency: int, requests: list[list[tuple[str, str]]], timeout_s: float,
               seconds: float = 0.0, shed_backoff_s: float = 0.0) -> tuple[list[float], dict[str, int], float]:
     """Closed-loop clients. With ``seconds`` > 0 they cycle through ``requests`` until time is up (goodput over

@@ -25,7 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.serving_load import Outcome, Recorder, ServerProcess, closed_loop, dialogues, open_loop, percentile
+from bench.bench_serving import traffic as bench_traffic
+from bench.serving_load import Outcome, Recorder, ServerProcess, closed_loop, open_loop, percentile
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "reliability.md"
@@ -162,7 +163,7 @@ def timeline(outcomes: list[Outcome], began: float) -> list[dict[str, float]]:
 
 def measure(home: str, name: str, overrides: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     server = ServerProcess(home, **overrides)
-    traffic = dialogues(home, 2000)
+    traffic, source = bench_traffic(home, args.data, 2000)
     recorder = Recorder()
     try:
         run_closed(server, recorder, traffic, args.concurrency, args.warmup_seconds, args.deadline)
@@ -188,6 +189,7 @@ def measure(home: str, name: str, overrides: dict[str, Any], args: argparse.Name
           f"accepted p99 {o['p99_ms']} ms ({verdict['accepted_p99_ratio']}x unloaded); recovered after "
           f"{result['recovery']['recovered_after_s']} s", flush=True)
     return {"config": name, "overrides": overrides, "server": server.server, "versions": server.versions,
+            "traffic": source,
             "unloaded": unloaded_row, "capacity": capacity_row, **result, "verdict": verdict,
             "load_average": round(os.getloadavg()[0], 1)}
 
@@ -242,7 +244,8 @@ def section(runs: list[dict[str, Any]], args: argparse.Namespace) -> str:
                             "machine load"], rows)
     ranker = runs[0]["versions"].get("ranker")
     return (f"**Overload** (`bench/overload.py`): the default pipeline (ranker `{ranker}`) "
-            f"over real gRPC, load from a separate process. Unloaded: 1 client for {args.unloaded_seconds:g} s; "
+            f"over real gRPC, load from a separate process, traffic: {runs[0].get('traffic', 'bank phrases')}. "
+            f"Unloaded: 1 client for {args.unloaded_seconds:g} s; "
             f"capacity: {args.concurrency} closed-loop clients for {args.capacity_seconds:g} s; overload: Poisson "
             f"arrivals at {args.factor:g}× capacity for {args.overload_seconds:g} s, {1 - args.short_share:.0%} with "
             f"a {args.deadline:g} s deadline and {args.short_share:.0%} with {args.short_deadline * 1000:g} ms; "
@@ -266,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deadline", type=float, default=5.0, help="the normal client deadline, seconds")
     parser.add_argument("--short-deadline", type=float, default=0.25, help="the short deadline, seconds")
     parser.add_argument("--short-share", type=float, default=0.2, help="share of overload requests with it")
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data",
+                        help="folder with held-out conversations for the traffic (missing: bank phrases)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave results and docs alone")
     parser.add_argument("--render", action="store_true", help="rewrite the doc section and the plot from "
                         "bench/results/overload.json; no run")

@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.serving_load import Recorder, ServerProcess, closed_loop, dialogues, percentile
+from bench.bench_serving import traffic as bench_traffic
+from bench.serving_load import Recorder, ServerProcess, closed_loop, percentile
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "reliability.md"
@@ -85,7 +86,8 @@ def section(record: dict[str, Any]) -> str:
     return (
         f"**Soak** (`bench/soak.py`): the default pipeline of `{record['home']}` "
         f"(ranker `{record['versions'].get('ranker')}`), "
-        f"{minutes:.0f} minutes at concurrency {record['concurrency']}, closed loop, deadline "
+        f"{minutes:.0f} minutes at concurrency {record['concurrency']}, closed loop over "
+        f"{record.get('traffic', 'bank phrases')}, deadline "
         f"{record['deadline_s']:.0f} s, server queue bound {record['server']['max_queue']} "
         f"(running {record['server']['max_workers']}); {answered:,} requests answered "
         f"({answered / record['seconds']:.1f}/s). Run niced (`nice -n 19`) on the shared, busy machine, so its "
@@ -109,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--interval", type=float, default=30.0, help="seconds between samples")
     parser.add_argument("--deadline", type=float, default=60.0, help="client deadline per request, seconds")
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data",
+                        help="folder with held-out conversations for the traffic (missing: bank phrases)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave results and docs alone")
     args = parser.parse_args(argv)
     if not (Path(args.home) / "bank.sqlite").exists():
@@ -118,10 +122,11 @@ def main(argv: list[str] | None = None) -> int:
                            default_timeout_s=args.deadline)
     recorder = Recorder()
     seconds = args.minutes * 60
+    requests, source = bench_traffic(args.home, args.data, 2000)
     try:
         started = time.monotonic()
         load = threading.Thread(target=closed_loop, daemon=True,
-                                args=(server.port, args.concurrency, dialogues(args.home, 2000), started + seconds,
+                                args=(server.port, args.concurrency, requests, started + seconds,
                                       args.deadline, recorder))
         load.start()
         samples, seen = [], 0
@@ -138,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     for outcome in recorder.outcomes:
         codes[outcome.code] = codes.get(outcome.code, 0) + 1
     record = {"home": args.home, "seconds": seconds, "warmup_s": args.warmup_minutes * 60,
-              "concurrency": args.concurrency, "deadline_s": args.deadline, "server": server.server,
+              "concurrency": args.concurrency, "deadline_s": args.deadline, "server": server.server, "traffic": source,
               "versions": server.versions, "codes": codes, "samples": samples,
               "verdict": verdict(samples, args.warmup_minutes * 60, sum(v for k, v in codes.items() if k != "OK")),
               "niced": os.nice(0), "shared_machine": True}
