@@ -34,16 +34,7 @@ from typing import Any
 import numpy as np
 
 from ranker.dataset import RankingDataset
-
-
-def concat(parts: list[RankingDataset]) -> RankingDataset:
-    first = parts[0]
-    return replace(first, X=np.vstack([p.X for p in parts]), y=np.concatenate([p.y for p in parts]),
-                   group_sizes=np.concatenate([p.group_sizes for p in parts]),
-                   context_ids=[c for p in parts for c in p.context_ids],
-                   conversation_ids=[c for p in parts for c in p.conversation_ids],
-                   splits=[s for p in parts for s in p.splits], texts=[t for p in parts for t in p.texts],
-                   origins=[o for p in parts for o in p.origins])
+from ranker.training_data import concat_datasets
 
 
 def without_groups(dataset: RankingDataset, drop: set[str]) -> RankingDataset:
@@ -138,8 +129,9 @@ def evaluate(settings: Any, saved: RankingDataset, sample: RankingDataset, annot
     no_gen = restrict_origins(sample, set(sample.origins) - {"generated"}, annotators)
     rest = without_groups(saved, set(sample.context_ids))
     config = BlenderTrainConfig(rounds=rounds)
-    fits = {"on": train_blender(concat([rest, sample]), config, out / "blender-gen", idf=idf, annotators=annotators),
-            "off": train_blender(concat([rest, no_gen]), config, out / "blender-nogen", idf=idf,
+    fits = {"on": train_blender(concat_datasets([rest, sample]), config, out / "blender-gen", idf=idf,
+                                annotators=annotators),
+            "off": train_blender(concat_datasets([rest, no_gen]), config, out / "blender-nogen", idf=idf,
                                  annotators=annotators)}
     blenders = {k: Blender.load(out / f"blender-{'gen' if k == 'on' else 'nogen'}") for k in ("on", "off")}
     dev_on, dev_off = sample.subset("dev"), no_gen.subset("dev")

@@ -32,6 +32,8 @@ class RLEvalConfig:
     judge: Path | None = None
     # Best-of-N reranking with the tuned-on reward at each β's dev KL: the baseline the policy must match.
     best_of_n: bool = True
+    # Best-of-N's sampling is seeded by the first this many policy seeds (each draw is judged: ~90 ms a new pair).
+    best_of_n_draws: int = 1
     bootstrap_resamples: int = 2000
     # The target (issue 14, item 4), per language: teacher specificity gain (sd), the lower bound of the
     # sensibleness difference's 95% interval, and R@1 within ``RLRunConfig.max_r_at_1_drop``.
@@ -44,6 +46,8 @@ class RLEvalConfig:
             problems.append(f"seeds must be distinct and at least one, got {list(self.seeds)}")
         if self.dev_contexts < 0:
             problems.append(f"dev_contexts must be >= 0, got {self.dev_contexts}")
+        if self.best_of_n_draws < 1:
+            problems.append(f"best_of_n_draws must be >= 1, got {self.best_of_n_draws}")
         if self.bootstrap_resamples < 100:
             problems.append(f"bootstrap_resamples must be >= 100, got {self.bootstrap_resamples}")
         if problems:

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
+
+import numpy as np
 
 from core.atomic import atomic_directory, atomic_write_text
 from core.corpora import ContextPair
@@ -51,3 +54,14 @@ def load_training_data(directory: Path) -> tuple[RankingDataset, dict[str, Conte
         contexts[row["context_id"]] = Context(tuple(Turn(t["speaker"], t["text"]) for t in row["turns"]))
         languages[row["context_id"]] = row["language"]
     return dataset, contexts, languages
+
+
+def concat_datasets(parts: list[RankingDataset]) -> RankingDataset:
+    """One dataset of several built apart (chunks of a resumable build, or pools with and without generation)."""
+    first = parts[0]
+    return replace(first, X=np.vstack([p.X for p in parts]), y=np.concatenate([p.y for p in parts]),
+                   group_sizes=np.concatenate([p.group_sizes for p in parts]),
+                   context_ids=[c for p in parts for c in p.context_ids],
+                   conversation_ids=[c for p in parts for c in p.conversation_ids],
+                   splits=[s for p in parts for s in p.splits], texts=[t for p in parts for t in p.texts],
+                   origins=[o for p in parts for o in p.origins])

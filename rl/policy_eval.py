@@ -81,7 +81,7 @@ def best_of_n_kl(ref_scores: np.ndarray, rewards: np.ndarray, sizes: np.ndarray,
         q = cdf ** n - np.concatenate(([0.0], cdf[:-1])) ** n
         keep = q > 0
         total += float(np.sum(q[keep] * (np.log(q[keep]) - np.log(p[order][keep]))))
-    return total / len(sizes)
+    return max(total / len(sizes), 0.0)
 
 
 Scorer = Callable[[Sequence[Context], Sequence[str]], np.ndarray]

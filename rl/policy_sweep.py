@@ -74,7 +74,6 @@ def sweep(inputs: SweepInputs, config: RLRunConfig, out_dir: Path,
         log.warning("%d seeds but policy.bagging_fraction = 1: LightGBM ignores the seed without sampling, so the "
                     "runs are identical and their spread is 0; set bagging_fraction < 1 (--bagging 0.8)", len(seeds))
     judge = inputs.judge
-    ref_scores = judge.ref_scores
     betas = sorted(set(config.betas) | ({config.main_beta} if config.main_beta is not None else set()))
     results: dict[float, TuneResult] = {}
     runs: dict[str, Any] = {}
@@ -92,6 +91,7 @@ def sweep(inputs: SweepInputs, config: RLRunConfig, out_dir: Path,
             chosen = judge.chosen(raw)
             per_seed[str(seed)] = {"dev_kl": float(result.history[-1]["dev_kl"]),
                                    "comparison": judge.compare(judge.outcome(chosen))}
+            log.info("judged β=%g seed %d: %s", beta, seed, _brief(per_seed[str(seed)]["comparison"]))
             if seed == seeds[0]:
                 results[beta] = result
                 runs[f"{beta:g}"] = _saved_run(inputs, result, raw, chosen, config)
@@ -108,6 +108,12 @@ def sweep(inputs: SweepInputs, config: RLRunConfig, out_dir: Path,
                   "reference_summary": _summary(judge.reference), "seeds": list(seeds),
                   "policies": policies, "best_of_n": bon, "binding": binding_constraints(checks)}
     return SweepResult(results, runs, evaluation)
+
+
+def _brief(comparison: dict[str, Any]) -> str:
+    """One log line: each language's differences from π_ref."""
+    return "; ".join(f"{lang}: " + ", ".join(f"Δ{m} {entry[m]['diff']:+.3f}" for m in METRICS if entry[m] is not None)
+                     for lang, entry in comparison.items())
 
 
 def _saved_run(inputs: SweepInputs, result: TuneResult, raw: np.ndarray, chosen: np.ndarray,
@@ -130,7 +136,7 @@ def _best_of_n(inputs: SweepInputs, kl: float, config: RLRunConfig) -> dict[str,
     n = matched_n(kl)
     temperature = config.policy.temperature
     per_seed = {}
-    for seed in config.evaluation.seeds:
+    for seed in config.evaluation.seeds[:config.evaluation.best_of_n_draws]:
         chosen = best_of_n_choice(judge.ref_scores, inputs.dev_rewards, sizes, n, seed, temperature)
         per_seed[str(seed)] = {"comparison": judge.compare(judge.outcome(chosen))}
     comparisons = [entry["comparison"] for entry in per_seed.values()]

@@ -32,7 +32,32 @@ def register_tune(commands: argparse._SubParsersAction) -> None:
     tune.add_argument("--standardize", choices=STANDARDIZE, default=run.reward.standardize,
                       help="specificity reward scale: one per language (default) or one pooled over all")
     tune.add_argument("--out", type=Path, help="run directory (default: <home>/artifacts/rl-run)")
+    register_tune_evaluation(tune, run)
     tune.set_defaults(func=run_tune)
+
+
+def register_tune_evaluation(tune: argparse.ArgumentParser, run: RLRunConfig) -> None:
+    """How the policies are judged (issue 14): dev set size, seeds, the sensibleness judge, best-of-N."""
+    ev = run.evaluation
+    tune.add_argument("--seeds", type=int, nargs="+", default=list(ev.seeds),
+                      help="policy seeds per β (the first one's policy is saved); ≥ 3 report a spread, with --bagging")
+    tune.add_argument("--bagging", type=float, default=run.policy.bagging_fraction,
+                      help="row fraction each boosting round fits (< 1 makes seeds differ)")
+    tune.add_argument("--dev-contexts", type=int, default=ev.dev_contexts,
+                      help="dev contexts per language to judge on, built from the dev hash split of the corpora "
+                           "below with the blender's pool recipe (0: the blender dataset's own dev split)")
+    tune.add_argument("--dev-chitchat", type=int, default=ev.corpora.chitchat_conversations,
+                      help="chit-chat conversations read for --dev-contexts (only their dev split is kept)")
+    tune.add_argument("--dev-russian", type=Path, help="Russian dialogues (Koziev .tar.xz) for --dev-contexts")
+    tune.add_argument("--dev-russian-conversations", type=int, default=ev.corpora.russian_conversations,
+                      help="Russian conversations read for --dev-contexts")
+    tune.add_argument("--dev-corpus", type=Path, action="append", default=[],
+                      help="a JSONL dialogue file for --dev-contexts (repeatable)")
+    tune.add_argument("--judge", type=Path, help="sensibleness judge directory (`repliq train judge`) scoring each "
+                      "chosen reply; without it no β can meet the target")
+    tune.add_argument("--no-best-of-n", action="store_true", help="skip the best-of-N baseline")
+    tune.add_argument("--best-of-n-draws", type=int, default=ev.best_of_n_draws,
+                      help="best-of-N samplings per β, seeded by the first policy seeds (each is judged)")
 
 
 def register_eval(commands: argparse._SubParsersAction) -> None:
@@ -90,12 +115,18 @@ def run_tune(args: argparse.Namespace, settings: Settings) -> int:
     from dialog.jobs.rl_tune import run_rl_tune
 
     run = RLRunConfig()
+    corpora = replace(run.evaluation.corpora, chitchat_conversations=args.dev_chitchat,
+                      russian_dialogues=args.dev_russian, russian_conversations=args.dev_russian_conversations,
+                      jsonl=list(args.dev_corpus))
+    evaluation = replace(run.evaluation, seeds=tuple(args.seeds), dev_contexts=args.dev_contexts, corpora=corpora,
+                         judge=args.judge, best_of_n=not args.no_best_of_n, best_of_n_draws=args.best_of_n_draws)
     config = replace(run, betas=tuple(args.betas), main_beta=args.beta, max_r_at_1_drop=args.max_r1_drop,
-                     policy=replace(run.policy, alpha=args.alpha, iterations=args.iterations),
-                     reward=replace(run.reward, standardize=args.standardize))
+                     policy=replace(run.policy, alpha=args.alpha, iterations=args.iterations,
+                                    bagging_fraction=args.bagging),
+                     reward=replace(run.reward, standardize=args.standardize), evaluation=evaluation)
     report = run_rl_tune(settings, config, args.out, progress=lambda row: print(json.dumps(row)))
     print(json.dumps({"reference": report["reference"], "selection": report["selection"], "targets": report["targets"],
-                      "tuned_blender": report["tuned_blender"]}, indent=2))
+                      "binding": report["evaluation"]["binding"], "tuned_blender": report["tuned_blender"]}, indent=2))
     return 0
 
 

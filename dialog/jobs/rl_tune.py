@@ -1,9 +1,13 @@
 """`repliq rl tune`: the supervised blender becomes a policy tuned toward sensible *and* specific replies.
 
 Straight-line: load π_ref (the supervised blender) and the data it was trained on, compute rewards
-with the distilled proxy gated by relevance, tune for each β, and judge every policy on held-out
-dev contexts with the LM **teacher** (not the proxy it was tuned on) and with R@1 against the gold
-reply. The run for the main β is saved as a servable blender; the others feed the Pareto plot.
+with the distilled proxy gated by relevance, tune for each β (and each policy seed), and judge every
+policy on held-out dev contexts with the LM **teacher** and the sensibleness judge (never the proxy it
+was tuned on) and with R@1 against the gold reply, each as a paired interval against π_ref, beside
+best-of-N at the same KL (rl.policy_sweep). The dev contexts are the blender dataset's dev split, or
+``--dev-contexts N`` per language built from the dev hash splits (rl.dev_pools). The β that meets the
+target in every language is saved (else the R@1 guard's choice, with the binding constraint reported);
+a policy that fails its guard is written for inspection only.
 """
 
 from __future__ import annotations
@@ -11,14 +15,14 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from core.artifacts import ArtifactManifest, package_versions, save_manifest
-from core.atomic import atomic_write_json, atomic_write_text, sha256_json
+from core.atomic import atomic_write_json, atomic_write_text, jsonable, sha256_json
 from core.bank.store import PhraseBank
 from core.config import Settings
 from core.job_configs import RLRunConfig
@@ -29,15 +33,20 @@ from ranker.training_data import data_dir_of, load_training_data
 from retriever.encoder import Encoder
 from retriever.encoder_cache import index_backed_encoder
 from rl.blender_setup import BLENDER_DIR, SPECIFICITY_DIR, annotator_resources
-from rl.plots import plot_history, plot_pareto
+from rl.dev_pools import build_dev_pools, stored_encoder
+from rl.judge_cache import CachedJudge, seed_teacher_from_bank
+from rl.plots import plot_pareto
 from rl.policy import Groups, group_argmax
+from rl.policy_eval import PolicyJudge
 from rl.policy_guard import flip_rate, r_at_1_guard, tie_broken_scores
+from rl.policy_report import evaluation_markdown
+from rl.policy_sweep import SweepInputs, sweep
+from rl.policy_targets import choose_by_target
 from rl.proxy import load_specificity_proxy
 from rl.relevance import load_relevance_model
 from rl.rewards import RewardModel, proxy_specificity
 from rl.teacher import TeacherCache
 from rl.teachers import judge_scorer, length_model_of
-from rl.tune import tune_policy
 
 log = logging.getLogger("repliq.rl")
 RELEVANCE_DIR = "reward-relevance"
@@ -69,9 +78,12 @@ class DevJudge:
         reference = np.asarray(teacher([contexts[owners[i]] for i in sample], [dev.texts[i] for i in sample]))
         self.teacher_mean, self.teacher_sd = float(reference.mean()), float(reference.std() or 1.0)
 
+    def teacher_z(self, contexts: Sequence[Context], texts: Sequence[str]) -> np.ndarray:
+        """Teacher specificity in units of the dev candidates' spread (the "sd" of the targets)."""
+        return (np.asarray(self.teacher(contexts, texts)) - self.teacher_mean) / self.teacher_sd
+
     def top1_teacher(self, scores: np.ndarray) -> np.ndarray:
-        texts = _top1_texts(scores, self.dev.group_sizes, self.dev.texts)
-        return (np.asarray(self.teacher(self.contexts, texts)) - self.teacher_mean) / self.teacher_sd
+        return self.teacher_z(self.contexts, _top1_texts(scores, self.dev.group_sizes, self.dev.texts))
 
     def metrics(self, scores: np.ndarray) -> dict[str, float]:
         r1 = _r_at_1(scores, self.dev.group_sizes, self.dev.y)
@@ -102,16 +114,21 @@ def paired_drop_interval(ref_hits: np.ndarray, tuned_hits: np.ndarray, seed: int
 
 def run_rl_tune(settings: Settings, config: RLRunConfig, out_dir: Path | None = None,
                 progress: Callable[[dict[str, float]], None] | None = None) -> dict[str, Any]:
+    config.evaluation.validate()
     out_dir = out_dir or settings.artifacts_dir / "rl-run"
     encoder = Encoder.from_config(settings)
     resources, _ = annotator_resources(settings, encoder)
     blender_dir = settings.artifact_path(settings.ranker.blender, BLENDER_DIR) or settings.artifacts_dir / BLENDER_DIR
     reference = Blender.load(blender_dir, resources)
-    dataset, contexts_by_id, languages_by_id = load_training_data(data_dir_of(blender_dir.with_name(BLENDER_DIR)))
-    train, dev = dataset.subset("train"), dataset.subset("dev")
+    data_dir = data_dir_of(blender_dir.with_name(BLENDER_DIR))
+    dataset, contexts_by_id, languages_by_id = load_training_data(data_dir)
+    train = dataset.subset("train")
+    dev, dev_contexts_by_id, dev_languages_by_id, dev_info = _dev_set(settings, config, dataset, contexts_by_id,
+                                                                      languages_by_id, data_dir)
 
-    with PhraseBank(settings.bank_path) as bank:
-        reusing = index_backed_encoder(settings, encoder, bank)
+    stored = stored_encoder(settings, encoder) if config.evaluation.dev_contexts > 0 else None
+    with PhraseBank(settings.bank_path) as bank:  # the dev contexts' vectors are stored by the dev pools' build
+        reusing = index_backed_encoder(settings, stored or encoder, bank)
     proxy = load_specificity_proxy(settings.artifacts_dir / SPECIFICITY_DIR, reusing)
     relevance = load_relevance_model(settings.artifacts_dir / RELEVANCE_DIR, reusing)
     reward = RewardModel(relevance, proxy_specificity(proxy), config.reward)
@@ -121,42 +138,36 @@ def run_rl_tune(settings: Settings, config: RLRunConfig, out_dir: Path | None = 
     reward.fit_reference([train_contexts[o] for o in owners], list(train.texts),
                          [train_languages[o] for o in owners])
     train_rewards = reward.dataset_rewards(train, contexts_by_id, languages_by_id).total
-    dev_parts = reward.dataset_rewards(dev, contexts_by_id, languages_by_id)
+    dev_parts = reward.dataset_rewards(dev, dev_contexts_by_id, dev_languages_by_id)
+    if stored is not None:
+        stored.store.save()
 
     lm = DecoderLM.from_cache(proxy.config.teacher_lm or settings.lm.name, settings.models_dir,
                               LMOptions(dtype=settings.lm.dtype))
-    # Beside the model cache (as rl.teacher.default_cache_path), but following this run's settings.
-    teacher = judge_scorer(lm, proxy.config.teacher, TeacherCache(settings.models_dir.parent / "teacher_cache.jsonl"),
-                           length_model_of(proxy.manifest))
-    dev_contexts = [contexts_by_id[cid] for cid in dev.context_ids]
-    judge = DevJudge(dev, dev_contexts, [languages_by_id[cid] for cid in dev.context_ids], teacher, config)
+    teacher = _teacher(settings, lm, proxy)
+    dev_contexts = [dev_contexts_by_id[cid] for cid in dev.context_ids]
+    dev_languages = [dev_languages_by_id[cid] for cid in dev.context_ids]
+    judge = DevJudge(dev, dev_contexts, dev_languages, teacher, config)
+    ref_scores = reference.raw_scores(dev.X)
+    sensible, judge_info = _sensibleness_judge(settings, config)
+    policy_judge = PolicyJudge(dev, dev_contexts, dev_languages, judge.teacher_z, sensible, ref_scores,
+                               config.tie_tolerance, config.seed, config.evaluation.bootstrap_resamples)
     eval_fns = {"r_at_1": lambda s, _g: float(_r_at_1(s, dev.group_sizes, dev.y).mean()),
                 "teacher_specificity_z": lambda s, _g: float(judge.top1_teacher(s).mean()),
                 "top1_flip_rate": lambda s, _g: flip_rate(s, ref_scores, dev.group_sizes)}
-    train_groups, dev_groups = Groups(train.X, train.group_sizes), Groups(dev.X, dev.group_sizes)
-    ref_scores = reference.raw_scores(dev.X)
-    report: dict[str, Any] = {"config": asdict(config), "reference": judge.metrics(ref_scores), "runs": {},
-                              "reward": reward.state(), "dev_groups": len(dev.group_sizes),
+    inputs = SweepInputs(reference.booster, Groups(train.X, train.group_sizes), Groups(dev.X, dev.group_sizes),
+                         train_rewards, dev_parts.total, dev_parts.disagreement, eval_fns, policy_judge, judge.metrics)
+    swept = sweep(inputs, config, out_dir, progress)
+    report: dict[str, Any] = {"config": jsonable(asdict(config)), "reference": judge.metrics(ref_scores),
+                              "runs": swept.runs, "reward": reward.state(), "dev_groups": len(dev.group_sizes),
+                              "evaluation": {"dev": dev_info, "judge": judge_info, **swept.evaluation},
                               "teacher": {"definition": proxy.config.teacher, "lm": lm.lm_id,
                                           "reference_mean": judge.teacher_mean, "reference_sd": judge.teacher_sd}}
-    results = {}
-    for beta in sorted(set(config.betas) | ({config.main_beta} if config.main_beta is not None else set())):
-        tune_config = replace(config.policy, beta=beta)
-        result = tune_policy(reference.booster, train_groups, dev_groups, train_rewards, eval_fns, tune_config,
-                             progress, dev_rewards=dev_parts.total, out_dir=out_dir / f"beta-{beta:g}")
-        scores = tie_broken_scores(result.predict(dev.X), ref_scores, dev.group_sizes, config.tie_tolerance)
-        final = {**judge.metrics(scores), "top1_flip_rate": flip_rate(scores, ref_scores, dev.group_sizes),
-                 "top1_flip_rate_without_tie_break": flip_rate(result.predict(dev.X), ref_scores, dev.group_sizes)}
-        disagreement = _top_disagreement(scores, dev.group_sizes, dev_parts.disagreement)
-        report["runs"][f"{beta:g}"] = {"history": result.history, "final": final,
-                                       "proxy_disagreement_top1": disagreement}
-        plot_history(result.history, out_dir / f"curves-beta-{beta:g}.png")
-        results[beta] = result
     points = [{"beta": float(b), "dev_specificity": run["final"]["teacher_specificity_z"],
                "dev_r_at_1": run["final"]["r_at_1"]} for b, run in report["runs"].items()]
     plot_pareto(points, out_dir / "pareto.png")
-    main_beta, report["selection"] = choose_beta(report, config)
-    tuned_main = results[main_beta]
+    main_beta, report["selection"] = select_beta(report, config)
+    tuned_main = swept.results[main_beta]
     tuned = Blender.from_booster(tuned_main.booster, dataset, reference.manifest.params,
                                  annotators=reference.annotators, parent=reference.version, idf=reference.idf)
     tuned.manifest.resources = dict(reference.manifest.resources)
@@ -165,19 +176,79 @@ def run_rl_tune(settings: Settings, config: RLRunConfig, out_dir: Path | None = 
                                "reference": reference.version,
                                "tie_break": _tie_break(reference, tuned_main, dev.X, ref_scores, config.tie_tolerance)}
     report["guard"] = tuned.manifest.training["guard"] = _guard(report, main_beta, config)
+    # The issue-14 target: only a policy that met it should become the shipped default (the guard only says servable).
+    tuned.manifest.training["target_met"] = main_beta in report["selection"].get("target_passing", [main_beta])
     tuned.manifest.metrics = report["runs"][f"{main_beta:g}"]["final"]
     lineage = _rl_lineage(reference, proxy.identity, relevance.manifest)
     tuned.manifest.kind, tuned.manifest.lineage = "blender-rl", lineage
     tuned.save(settings.artifacts_dir / TUNED_DIR)
     report["tuned_blender"] = str(settings.artifacts_dir / TUNED_DIR)
+    _finish_report(report, main_beta, tuned_main, ref_scores, dev, judge, dev_contexts, config)
+    atomic_write_json(out_dir / "report.json", report)
+    atomic_write_text(out_dir / "samples.md", _samples_markdown(report["samples"]))
+    atomic_write_text(out_dir / "evaluation.md", evaluation_markdown(report))
+    save_run_manifest(out_dir, report, dataset.data_hash, lineage, tuned.manifest.to_artifact().ref)
+    return report
+
+
+def _teacher(settings: Settings, lm: DecoderLM, proxy: Any) -> Callable:
+    """The LM teacher that judges every policy, its cache beside the model cache (as rl.teacher.default_cache_path,
+    but following this run's settings), with chosen bank phrases judged from their stored LM scores."""
+    teacher_cache = TeacherCache(settings.models_dir.parent / "teacher_cache.jsonl")
+    with PhraseBank(settings.bank_path) as bank:
+        log.info("teacher: %d bank phrases' stored LM scores added to its cache",
+                 seed_teacher_from_bank(teacher_cache, bank, lm.lm_id))
+    return judge_scorer(lm, proxy.config.teacher, teacher_cache, length_model_of(proxy.manifest))
+
+
+def _finish_report(report: dict[str, Any], main_beta: float, tuned_main: Any, ref_scores: np.ndarray, dev: Any,
+                   judge: DevJudge, dev_contexts: list[Context], config: RLRunConfig) -> None:
+    """Side-by-side samples of the saved policy and its per-language targets with the R@1 drop interval."""
     tuned_scores = tie_broken_scores(tuned_main.predict(dev.X), ref_scores, dev.group_sizes, config.tie_tolerance)
     report["samples"] = _samples(ref_scores, tuned_scores, dev, dev_contexts, config)
     report["targets"] = _targets(report, main_beta, _r_at_1(ref_scores, dev.group_sizes, dev.y),
                                  _r_at_1(tuned_scores, dev.group_sizes, dev.y), judge.languages, config.seed)
-    atomic_write_json(out_dir / "report.json", report)
-    atomic_write_text(out_dir / "samples.md", _samples_markdown(report["samples"]))
-    save_run_manifest(out_dir, report, dataset.data_hash, lineage, tuned.manifest.to_artifact().ref)
-    return report
+
+
+def _dev_set(settings: Settings, config: RLRunConfig, dataset: Any, contexts_by_id: dict[str, Context],
+             languages_by_id: dict[str, str], data_dir: Path) -> tuple[Any, dict, dict, dict[str, Any]]:
+    """The dev pools every policy is judged on: the blender's own dev split, or ``evaluation.dev_contexts``
+    per language built from the corpora's dev hash split with the blender's recipe (rl.dev_pools)."""
+    if config.evaluation.dev_contexts <= 0:
+        dev = dataset.subset("dev")
+        langs = [languages_by_id[c] for c in dev.context_ids]
+        counts = {lang: langs.count(lang) for lang in set(languages_by_id.values())}
+        return dev, contexts_by_id, languages_by_id, {"source": "the blender dataset's dev split",
+                                                      "contexts": dict(sorted(counts.items()))}
+    built = build_dev_pools(settings, dataset, languages_by_id, data_dir, config.evaluation, settings.train.pools,
+                            config.seed)
+    return built.dataset, built.contexts, built.languages, {"source": "rl.dev_pools (dev hash split)", **built.info}
+
+
+def _sensibleness_judge(settings: Settings, config: RLRunConfig) -> tuple[CachedJudge | None, dict[str, Any] | None]:
+    """The sensibleness judge behind a content cache beside the model cache (as the teacher's), or None."""
+    if config.evaluation.judge is None:
+        return None, None
+    from rl.judge import load_judge
+
+    loaded = load_judge(config.evaluation.judge, settings.models_dir)
+    cached = CachedJudge.of(loaded, settings.models_dir.parent / "judge_cache.jsonl")
+    return cached, {"path": str(config.evaluation.judge), "identity": cached.identity}
+
+
+def select_beta(report: dict[str, Any], config: RLRunConfig) -> tuple[float, dict[str, Any]]:
+    """The given β; else the most specific β meeting the target in every language; else ``choose_beta``'s
+    R@1 guard, with the binding constraint per language said in the selection."""
+    policies = report["evaluation"]["policies"]
+    checks = {float(b): entry["target"] for b, entry in policies.items()}
+    gains = {float(b): float(np.mean([v["teacher_z"]["diff"] for k, v in entry["seeds"][
+        str(config.evaluation.seeds[0])]["comparison"].items() if k != "all"])) for b, entry in policies.items()}
+    beta, passing = choose_by_target(checks, gains)
+    if config.main_beta is None and beta is not None:
+        return beta, {"rule": "most specific β meeting the target in every language", "beta": beta,
+                      "passing": passing, "target_passing": passing}
+    chosen, selection = choose_beta(report, config)
+    return chosen, {**selection, "target_passing": passing, "binding": report["evaluation"]["binding"]}
 
 
 def _guard(report: dict[str, Any], main_beta: float, config: RLRunConfig) -> dict[str, Any]:
@@ -216,11 +287,6 @@ def save_run_manifest(out_dir: Path, report: dict[str, Any], data_sha256: str, l
         details={"report": "report.json", "tuned_blender": tuned_ref})
     save_manifest(Path(out_dir) / "manifest.json", manifest)
     return manifest
-
-
-def _top_disagreement(scores: np.ndarray, sizes: np.ndarray, disagreement: np.ndarray) -> float:
-    """Proxy-ensemble spread at the chosen answers: a rise means the policy left the proxy's data."""
-    return float(np.mean(disagreement[group_argmax(scores, sizes)]))
 
 
 def _samples(ref: np.ndarray, tuned: np.ndarray, dev: Any, contexts: list[Context],

@@ -88,10 +88,17 @@ def _shippable_files(directory: Path) -> list[Path]:
     return sorted(p for p in directory.rglob("*") if p.is_file() and p.name not in NOT_SHIPPED)
 
 
-def _servable_policy(directory: Path) -> bool:
+def _shippable_policy(directory: Path) -> bool:
+    """Only a policy that passed its R@1 guard *and* met the RL target in every language becomes the default.
+
+    One that passed the guard but missed the target stays servable on request (``[ranker] blender``), but a
+    fresh install should not get it: it is not known to help (issue 14's rule). Manifests written before the
+    target existed carry no ``target_met`` and are judged by the guard alone.
+    """
     from ranker.blender import read_blender_manifest
 
-    return bool((read_blender_manifest(directory).training.get("guard") or {}).get("servable"))
+    training = read_blender_manifest(directory).training
+    return bool((training.get("guard") or {}).get("servable")) and training.get("target_met", True) is not False
 
 
 def publish(artifacts: Path, max_bytes: int, include_rl: bool = False, target: Path | None = None) -> dict[str, Any]:
@@ -102,8 +109,8 @@ def publish(artifacts: Path, max_bytes: int, include_rl: bool = False, target: P
     """
     target = target or shipped_dir("")
     names = [n for n in SHIPPED if (artifacts / n).is_dir() and (include_rl or n != "blender-rl")]
-    if "blender-rl" in names and not _servable_policy(artifacts / "blender-rl"):
-        names.remove("blender-rl")  # failed its guard: written for inspection only, never shipped
+    if "blender-rl" in names and not _shippable_policy(artifacts / "blender-rl"):
+        names.remove("blender-rl")  # failed its guard or missed the target: never the shipped default
     for required in ("adapter", "blender"):
         if required not in names:
             raise FileNotFoundError(f"no {required} in {artifacts}; run `repliq train default` without --publish "

@@ -149,6 +149,22 @@ def test_publish_never_ships_a_policy_that_failed_its_guard(tmp_path: Path) -> N
     assert "blender-rl" in publish(artifacts, 10_000_000, include_rl=True, target=tmp_path / "shipped")["artifacts"]
 
 
+def test_publish_ships_a_guarded_policy_only_when_it_met_the_rl_target(tmp_path: Path) -> None:
+    from dialog.jobs.train_default import publish
+
+    artifacts = tmp_path / "artifacts"
+    for name in ("adapter", "blender"):
+        (artifacts / name).mkdir(parents=True)
+        (artifacts / name / "weights.bin").write_bytes(b"x")
+    for met in (False, True):
+        blender, _, _ = _policy(artifacts, r_at_1_guard(REFERENCE, REFERENCE, 0.02))
+        blender.manifest.training["target_met"] = met
+        blender.save(artifacts / "blender-rl")
+        shipped = publish(artifacts, 10_000_000, include_rl=True, target=tmp_path / "shipped")
+        assert ("blender-rl" in shipped["artifacts"]) is met
+        assert (tmp_path / "shipped" / "blender-rl").exists() is met
+
+
 def test_the_serve_flag_forces_an_unguarded_policy() -> None:
     from dialog.cli.main import build_parser
     from dialog.cli.serve import _server_settings
