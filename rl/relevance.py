@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from scipy.special import expit
 
 from core.corpora import ContextPair
 from core.text import normalize_text, word_tokens
@@ -141,7 +142,7 @@ class RelevanceModel:
             if passages is None:
                 passages = self.encoder.encode_passages(list(texts))
         logits = self.head(self.features(contexts, texts, queries, passages))
-        return 1.0 / (1.0 + np.exp(-logits))
+        return expit(logits)  # the logistic function without exp overflow on very negative logits
 
 
 @dataclass
