@@ -139,8 +139,6 @@ def run_rl_tune(settings: Settings, config: RLRunConfig, out_dir: Path | None = 
                          [train_languages[o] for o in owners])
     train_rewards = reward.dataset_rewards(train, contexts_by_id, languages_by_id).total
     dev_parts = reward.dataset_rewards(dev, dev_contexts_by_id, dev_languages_by_id)
-    if stored is not None:
-        stored.store.save()
 
     lm = DecoderLM.from_cache(proxy.config.teacher_lm or settings.lm.name, settings.models_dir,
                               LMOptions(dtype=settings.lm.dtype))
