@@ -60,7 +60,8 @@ class RelevanceConfig:
     # Hard negatives are drawn from this many nearest other-conversation replies (rank 1 is often a
     # paraphrase of a valid answer, so not always the top one).
     hard_pool: int = 10
-    reference_size: int = 512
+    # Replies and contexts the hub features compare against; they travel in the weights file (2 x 384 floats each).
+    reference_size: int = 256
     hub_k: int = 10
     held_out: float = 0.2
     context_turns: int = 3
