@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from retriever.encoder import Encoder
 
 KIND = "relevance"
+RELEVANCE_DIR = "reward-relevance"  # under <home>/artifacts, and the shipped name
 FEATURES = ("cosine", "reply_hub_knn", "context_hub_knn", "reply_hub_mean", "context_hub_mean", "overlap_last",
             "overlap_context", "log_reply_words", "log_context_chars", "context_question")
 
@@ -278,3 +279,23 @@ def load_relevance_model(directory: Path, encoder: Encoder | None) -> RelevanceM
     config = RelevanceConfig(**manifest["config"])
     reference = Reference(arrays["reference_queries"], arrays["reference_passages"])
     return RelevanceModel(Head.from_arrays(config.head, arrays), reference, config, encoder, manifest)
+
+
+def workspace_relevance(settings: Settings) -> tuple[RelevanceModel, str]:
+    """The workspace's relevance model, else the one shipped with repliq, and a reference naming which.
+
+    Loaded on the workspace's encoder (its query adapter included), the encoder the model was trained on.
+    """
+    from core.artifacts import shipped_dir
+    from retriever.encoder import Encoder
+
+    directory = settings.artifacts_dir / RELEVANCE_DIR
+    where = "workspace"
+    if not directory.is_dir():
+        directory, where = shipped_dir(RELEVANCE_DIR), "shipped"
+    if not directory.is_dir():
+        raise FileNotFoundError(f"no relevance model in {settings.artifacts_dir / RELEVANCE_DIR} and none shipped; "
+                                "run `repliq train reward --kind relevance`")
+    model = load_relevance_model(directory, Encoder.from_config(settings))
+    digest = str(model.manifest.get("weights_sha256") or model.manifest.get("identity") or "?")
+    return model, f"{where} relevance@{digest[:12]}"

@@ -83,6 +83,15 @@ def register_eval(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples (default 2000)")
     parser.add_argument("--skip-base", action="store_true",
                         help="leave out the plain-encoder condition (saves a fifth of the LM time)")
+    from rl.generated_quality import GenerationEvalConfig
+
+    generation = GenerationEvalConfig()
+    parser.add_argument("--generate", type=int, default=generation.contexts_per_language, metavar="N",
+                        help="also sample replies with each kind's demonstrations for N dev contexts per language and "
+                             "report relevance, specificity, filter pass share and the served blender's picks "
+                             "(default 0: off; ~5-10 s per reply on a CPU)")
+    parser.add_argument("--generate-budget", type=float, default=generation.budget_s,
+                        help=f"seconds allowed per generation attempt (default {generation.budget_s:g})")
     parser.add_argument("--out", type=Path, help="report directory (default: <home>/artifacts/eval-prompts)")
     parser.set_defaults(func=run_eval)
 
@@ -90,6 +99,7 @@ def register_eval(sub: argparse._SubParsersAction) -> None:
 def run_eval(args: argparse.Namespace, settings: Settings) -> int:
     from dialog.jobs.eval_prompts import CONDITIONS, EvalPromptsConfig, run_eval_prompts
     from retriever.prompt_data import PromptCorpora
+    from rl.generated_quality import GenerationEvalConfig
 
     if args.contexts < 1 or args.k < 1 or args.bootstrap < 100:
         raise ValueError("--contexts and --k must be at least 1 and --bootstrap at least 100")
@@ -98,7 +108,24 @@ def run_eval(args: argparse.Namespace, settings: Settings) -> int:
                                contexts_per_language=args.contexts, k=args.k, lm=args.lm,
                                transfer_lms=list(args.transfer_lm), n_boot=args.bootstrap, threads=args.threads,
                                out=args.out,
-                               conditions=tuple(c for c in CONDITIONS if not (args.skip_base and c == "base")))
-    report = run_eval_prompts(settings, config)
+                               conditions=tuple(c for c in CONDITIONS if not (args.skip_base and c == "base")),
+                               generation=GenerationEvalConfig(contexts_per_language=args.generate,
+                                                               budget_s=args.generate_budget, n_boot=args.bootstrap))
+    config.generation.validate()
+    if not args.generate:
+        report = run_eval_prompts(settings, config)
+    else:
+        from dialog.generation.prompt_kinds import KindGenerator
+        from dialog.serving.replay import PoolRanker
+
+        ranker = PoolRanker.from_settings(settings)
+        try:
+            report = run_eval_prompts(settings, config, generate=KindGenerator.from_settings(settings, args.k,
+                                                                                            args.threads),
+                                      ranker=ranker)
+        finally:
+            ranker.close()
     print(report["table"])
+    if "generation" in report:
+        print(report["generation"]["table"])
     return 0

@@ -14,6 +14,8 @@ The comparison is paired (same contexts, same gold replies), so the report gives
 LM, the mean of ``uprise - other`` per context with a 95% percentile-bootstrap interval over contexts.
 ``--transfer-lm`` scores the very same prompts with another LM (UPRISE's cross-LM transfer claim).
 Scores go through the content-keyed prompt-score cache, so a rerun only scores what is new.
+``--generate N`` also samples replies with each kind's demonstrations and reports their relevance,
+specificity, filter pass share and how often the served blender picks them (``rl.generated_quality``).
 """
 
 from __future__ import annotations
@@ -36,6 +38,16 @@ from retriever.prompt_data import PromptCorpora, read_sources, training_examples
 from retriever.prompt_pool import POOL_DIR, Demonstration, PromptPool, load_pool
 from retriever.prompt_retriever import RETRIEVER_DIR, PromptRetriever, base_encoder, load_prompt_retriever
 from retriever.prompt_scores import ScoreCache, ScoringConfig, build_prompt, cache_path, load_lm, score_prompts
+from rl.generated_quality import (
+    CACHE_FILE,
+    Generate,
+    GenerationEvalConfig,
+    Ranker,
+    kinds_table,
+    picked_generated,
+    sample_kinds,
+    summarize_kinds,
+)
 
 CONDITIONS = ("uprise", "base", "bm25", "random", "none")
 
@@ -54,6 +66,8 @@ class EvalPromptsConfig:
     out: Path | None = None
     # Which prompt choices to score ("uprise" always; drop "base" to save LM time).
     conditions: tuple[str, ...] = CONDITIONS
+    # Sampled replies per prompt kind (`--generate N`); off unless contexts_per_language > 0.
+    generation: GenerationEvalConfig = field(default_factory=GenerationEvalConfig)
 
     def validate(self) -> None:
         unknown = set(self.conditions) - set(CONDITIONS)
@@ -186,10 +200,42 @@ def plot(results: dict[str, dict[str, Any]]) -> bytes:
     return png_bytes(fig)
 
 
+def generated_by_kind(settings: Settings, config: EvalPromptsConfig, contexts: Sequence[ContextPair],
+                      chosen: dict[str, list[list[Demonstration]]], lm: DecoderLM, generate: Generate,
+                      ranker: Ranker, out: Path) -> dict[str, Any]:
+    """Sample replies per kind on the first N contexts of each language, then score and rank them."""
+    from rl.relevance import workspace_relevance
+    from rl.teacher import TeacherScorer
+
+    n = config.generation.contexts_per_language
+    rows = [i for language in sorted({c.language for c in contexts})
+            for i in [j for j, c in enumerate(contexts) if c.language == language][:n]]
+    subset = [contexts[i] for i in rows]
+    picks = {kind: [chosen[kind][i] for i in rows] for kind in chosen if kind != "base"}
+    requested = settings.generation.n_candidates
+    records = sample_kinds(subset, picks, generate, lm.lm_id, requested, config.generation, out / CACHE_FILE)
+    picked = picked_generated(records, subset, ranker)
+    relevance, relevance_ref = workspace_relevance(settings)
+    summary = summarize_kinds(records, subset, picked, relevance.score, TeacherScorer(lm), config.generation)
+    return {"contexts_per_language": n, "requested_per_context": requested, "ranker": ranker.version,
+            "relevance_model": relevance_ref, "specificity_teacher": f"{lm.lm_id}:uncond_surprisal",
+            "by_kind": summary, "table": kinds_table(summary),
+            "examples": [{"kind": r.kind, "language": r.language, "context_id": r.context_id,
+                          "reply": r.kept[0]["text"], "picked": p} for r, p in zip(records, picked, strict=True)
+                         if r.kept][:40]}
+
+
 def run_eval_prompts(settings: Settings, config: EvalPromptsConfig, encoder: Any = None,
-                     lms: Sequence[DecoderLM] | None = None) -> dict[str, Any]:
-    """Score every condition with the main LM and each transfer LM; write report.json, report.png."""
+                     lms: Sequence[DecoderLM] | None = None, generate: Generate | None = None,
+                     ranker: Ranker | None = None) -> dict[str, Any]:
+    """Score every condition with the main LM and each transfer LM; write report.json, report.png.
+
+    With ``config.generation.contexts_per_language`` > 0, ``generate`` (``dialog.generation.prompt_kinds``)
+    and ``ranker`` (``dialog.serving.replay``) also give the generated-reply table by prompt kind."""
     config.validate()
+    config.generation.validate()
+    if config.generation.contexts_per_language and (generate is None or ranker is None):
+        raise ValueError("generated replies by prompt kind need a generator and the served ranker")
     pool, _ = load_pool(settings.artifacts_dir / POOL_DIR)
     encoder = encoder or base_encoder(settings)
     retriever, manifest = load_prompt_retriever(settings.artifacts_dir / RETRIEVER_DIR, pool, encoder)
@@ -211,7 +257,10 @@ def run_eval_prompts(settings: Settings, config: EvalPromptsConfig, encoder: Any
     report = {"retriever": manifest.ref, "trained_on_lm": manifest.lineage.get("lm"), "pool": pool.ref,
               "k": config.k, "contexts_per_language": {k: int((languages == k).sum()) for k in sorted(set(languages))},
               "results": results, "table": table(results)}
-    out = config.out or settings.artifacts_dir / "eval-prompts"
+    out = Path(config.out or settings.artifacts_dir / "eval-prompts")
+    if config.generation.contexts_per_language:
+        assert generate is not None and ranker is not None
+        report["generation"] = generated_by_kind(settings, config, contexts, chosen, lms[0], generate, ranker, out)
     atomic_write_json(Path(out) / "report.json", report)
     atomic_write_bytes(Path(out) / "report.png", plot(results))
     return report

@@ -12,6 +12,7 @@ from prompt_helpers import make_pool
 
 from core.artifacts import ArtifactError
 from core.types import Context, Turn
+from dialog.generation.prompt_kinds import FixedDemos
 from retriever.prompt_pool import PromptPool
 from retriever.prompt_train import PromptTrainConfig, ScoredExample, choice_gain, make_targets, train_prompt_adapter
 
@@ -100,14 +101,6 @@ def replace_adapter(retriever):
     from retriever.prompt_retriever import PromptRetriever
 
     return PromptRetriever(retriever.pool, retriever.encoder, retriever.indexes, None)
-
-
-class FixedDemos:
-    def __init__(self, demos) -> None:
-        self.demos = demos
-
-    def retrieve(self, context: Context, language: str, k: int):
-        return self.demos[:k]
 
 
 @pytest.fixture(scope="module")
