@@ -25,7 +25,7 @@ from bench.report import markdown_table, write_results
 from core.config import load_settings
 from core.judge_config import JudgeJobConfig
 from core.lm.wrapper import DecoderLM, LMOptions
-from dialog.jobs.train_judge import _pools, _relevance, read_dialogues
+from dialog.jobs.train_judge import judge_pools, judge_relevance, read_dialogues
 from rl.judge import load_judge
 from rl.judge_data import flatten, group_aucs, split_pairs
 from rl.teacher import TeacherCache, score_with_cache, teacher_values
@@ -44,7 +44,7 @@ def measure(home: Path, data: Path, judge_dir: Path | None, dev_contexts: int, l
     turns = config.train.context_turns
     train = split_pairs(dialogues, "train", config.train_contexts, turns, config.train.seed)
     dev = split_pairs(dialogues, "dev", config.dev_contexts, turns, config.train.seed)
-    _, dev_groups, encoder = _pools(settings, config, train, dev)
+    _, dev_groups, encoder = judge_pools(settings, config, train, dev)
     contexts, texts, kinds, languages = flatten(dev_groups)
     scorers: dict[str, np.ndarray] = {}
     seconds: dict[str, float] = {}
@@ -52,7 +52,7 @@ def measure(home: Path, data: Path, judge_dir: Path | None, dev_contexts: int, l
         started = time.perf_counter()
         scorers["judge"] = load_judge(judge_dir, settings.models_dir).score(contexts, texts)
         seconds["judge"] = time.perf_counter() - started
-    relevance, relevance_source = _relevance(settings, config, train, encoder)
+    relevance, relevance_source = judge_relevance(settings, config, train, encoder)
     scorers["relevance gate"] = relevance.score(contexts, texts)
     lm = DecoderLM.from_cache(lm_name, settings.models_dir, LMOptions(dtype=settings.lm.dtype))
     cache = TeacherCache.open(home / "artifacts" / "judge-signals-cache.jsonl")

@@ -56,8 +56,8 @@ def read_dialogues(config: JudgeJobConfig) -> list[Dialogue]:
     return dialogues
 
 
-def _pools(settings: Settings, config: JudgeJobConfig, train: Sequence[ContextPair],
-           dev: Sequence[ContextPair]) -> tuple[list[JudgeGroup], list[JudgeGroup], Any]:
+def judge_pools(settings: Settings, config: JudgeJobConfig, train: Sequence[ContextPair],
+                dev: Sequence[ContextPair]) -> tuple[list[JudgeGroup], list[JudgeGroup], Any]:
     """Train and dev groups, with retrieved negatives from the live bank index (read only)."""
     from retriever.bank_index import load_index
     from retriever.bank_retriever import BankRetriever
@@ -86,8 +86,8 @@ def _pools(settings: Settings, config: JudgeJobConfig, train: Sequence[ContextPa
     return train_groups, dev_groups, encoder
 
 
-def _relevance(settings: Settings, config: JudgeJobConfig, train: Sequence[ContextPair],
-               encoder: Any) -> tuple[Any, str]:
+def judge_relevance(settings: Settings, config: JudgeJobConfig, train: Sequence[ContextPair],
+                    encoder: Any) -> tuple[Any, str]:
     """The relevance gate to compare with: given, the workspace's, or fitted here on the same train contexts."""
     from rl.relevance import load_relevance_model, train_relevance_model
 
@@ -162,7 +162,7 @@ def run_train_judge(settings: Settings, config: JudgeJobConfig, *, resume: bool 
     dev = split_pairs(dialogues, "dev", config.dev_contexts, turns, config.train.seed)
     if not train or not dev:
         raise ValueError(f"got {len(train)} train and {len(dev)} dev contexts; give more dialogues")
-    train_groups, dev_groups, encoder = _pools(settings, config, train, dev)
+    train_groups, dev_groups, encoder = judge_pools(settings, config, train, dev)
     say(f"judge: {len(train_groups)} train groups, {len(dev_groups)} dev groups")
     judge = SensiblenessJudge.from_base(config.train, settings.models_dir)
     with tqdm(total=0, desc="train judge", unit="step") as bar:
@@ -177,7 +177,7 @@ def run_train_judge(settings: Settings, config: JudgeJobConfig, *, resume: bool 
     started = time.perf_counter()
     judge_scores = judge.score(contexts, texts)
     dev_seconds = time.perf_counter() - started
-    relevance, relevance_source = _relevance(settings, config, train, encoder)
+    relevance, relevance_source = judge_relevance(settings, config, train, encoder)
     report = {
         "train_contexts": _count(train), "dev_contexts": _count(dev), "dev_rows": len(texts),
         "dev": {"judge": group_aucs(judge_scores, kinds, languages),
