@@ -7,9 +7,13 @@ index never goes stale while training), an epoch is milliseconds of matrix work 
 transformer backprop, and with a few hundred scored examples a 33M-parameter fine-tune would overfit
 where a rank-32 map cannot move far from the base encoder (it starts exactly at it).
 
-The loss is UPRISE's: for each example the best-scored demonstration is the positive; the worst-scored
-ones (hard negatives), random pool entries (random negatives) and the other examples' positives in the
-batch are the negatives; softmax cross-entropy over cosine similarities.
+Two losses. ``contrastive`` is UPRISE's: for each example the best-scored demonstration is the
+positive; the worst-scored ones (hard negatives), random pool entries (random negatives) and the other
+examples' positives in the batch are the negatives; softmax cross-entropy over cosine similarities.
+``listwise`` distils the LM's whole preference over an example's L scored candidates instead of only
+its argmax: KL(softmax(LM scores / lm_temperature) || softmax(scale * cosines)), as in LM-supervised
+retrieval (REPLUG). With a few hundred examples and LM scores a few hundredths of a nat apart, the
+argmax is often noise, and the listwise target uses every score the LM paid for.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ import numpy as np
 
 from retriever.adapter import QueryAdapter
 
+LOSSES = ("contrastive", "listwise")
+
 
 @dataclass
 class PromptTrainConfig:
@@ -36,6 +42,8 @@ class PromptTrainConfig:
     hard_negatives: int = 3  # the worst-scored candidates of each example
     random_negatives: int = 3  # pool entries of the example's language, not among its scored candidates
     dev_fraction: float = 0.2  # examples held out to pick the epoch
+    loss: str = "contrastive"  # or "listwise" (see the module docstring)
+    lm_temperature: float = 0.1  # listwise: nats per token that make one candidate e times likelier
     seed: int = 0
 
     def validate(self) -> None:
@@ -44,8 +52,10 @@ class PromptTrainConfig:
                 raise ValueError(f"prompt retriever {name} must be at least 1, got {getattr(self, name)}")
         if self.hard_negatives < 0 or self.random_negatives < 0:
             raise ValueError("hard_negatives and random_negatives must be 0 or more")
-        if not 0 <= self.dev_fraction < 1 or self.learning_rate <= 0 or self.scale <= 0:
-            raise ValueError("need 0 <= dev_fraction < 1 and positive learning_rate and scale")
+        if not 0 <= self.dev_fraction < 1 or self.learning_rate <= 0 or self.scale <= 0 or self.lm_temperature <= 0:
+            raise ValueError("need 0 <= dev_fraction < 1 and positive learning_rate, scale and lm_temperature")
+        if self.loss not in LOSSES:
+            raise ValueError(f"prompt retriever loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
 
 
 @dataclass(frozen=True)
@@ -110,6 +120,29 @@ def _batch_loss(q: Any, down: Any, up: Any, passages: Any, pos: Any, neg: Any, s
     return torch.nn.functional.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long))
 
 
+def _listwise_loss(q: Any, down: Any, up: Any, passages: Any, cand: Any, target: Any, scale: float) -> Any:
+    """KL from the LM's distribution over each example's scored candidates to the retriever's."""
+    import torch
+
+    mapped = torch.nn.functional.normalize(q + (q @ down) @ up, dim=1)
+    logits = scale * torch.einsum("bd,bkd->bk", mapped, passages[cand.clamp(min=0)])
+    log_p = torch.log_softmax(logits.masked_fill(cand < 0, -1e4), dim=1)
+    return torch.nn.functional.kl_div(log_p, target, reduction="batchmean")
+
+
+def _lm_targets(examples: Sequence[ScoredExample], temperature: float) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate ids (padded with -1) and softmax(LM score / temperature) over each example's candidates."""
+    width = max(len(e.candidates) for e in examples)
+    ids = np.full((len(examples), width), -1, dtype=np.int64)
+    probs = np.zeros((len(examples), width), dtype=np.float32)
+    for row, example in enumerate(examples):
+        scores = np.asarray(example.scores, dtype=np.float64) / temperature
+        weights = np.exp(scores - scores.max())
+        ids[row, :len(scores)] = example.candidates
+        probs[row, :len(scores)] = weights / weights.sum()
+    return ids, probs
+
+
 def train_prompt_adapter(queries: np.ndarray, passages: np.ndarray, targets: Sequence[Target],
                          examples: Sequence[ScoredExample], base_encoder: str, config: PromptTrainConfig,
                          log: Callable[[dict[str, float]], None] | None = None,
@@ -136,6 +169,8 @@ def train_prompt_adapter(queries: np.ndarray, passages: np.ndarray, targets: Seq
     p_all = torch.from_numpy(np.ascontiguousarray(passages, dtype=np.float32))
     pos_all = torch.tensor([t.positive for t in targets], dtype=torch.long)
     neg_all = torch.from_numpy(neg)
+    cand_ids, lm_probs = _lm_targets(examples, config.lm_temperature)
+    cand_all, target_all = torch.from_numpy(cand_ids), torch.from_numpy(lm_probs)
     dim = queries.shape[1]
     down = torch.nn.Parameter(torch.randn(dim, config.rank) / math.sqrt(dim))
     up = torch.nn.Parameter(torch.zeros(config.rank, dim))
@@ -155,7 +190,10 @@ def train_prompt_adapter(queries: np.ndarray, passages: np.ndarray, targets: Seq
         total, batches = 0.0, 0
         for start in range(0, len(shuffled), config.batch_size):
             idx = torch.from_numpy(shuffled[start:start + config.batch_size])
-            loss = _batch_loss(q_all[idx], down, up, p_all, pos_all[idx], neg_all[idx], config.scale)
+            if config.loss == "listwise":
+                loss = _listwise_loss(q_all[idx], down, up, p_all, cand_all[idx], target_all[idx], config.scale)
+            else:
+                loss = _batch_loss(q_all[idx], down, up, p_all, pos_all[idx], neg_all[idx], config.scale)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

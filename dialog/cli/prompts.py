@@ -39,6 +39,7 @@ def _corpora_flags(parser: argparse.ArgumentParser) -> None:
 
 def register_train(sub: argparse._SubParsersAction) -> None:
     from dialog.jobs.prompt_train import PromptJobConfig
+    from retriever.prompt_train import LOSSES
 
     defaults = PromptJobConfig()
     parser = sub.add_parser("prompts", help="UPRISE prompt retriever: demonstration pool, frozen-LM scores, adapter")
@@ -50,7 +51,12 @@ def register_train(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--candidates", type=int, default=defaults.scoring.candidates,
                         help=f"L: demonstrations scored per example (default {defaults.scoring.candidates}; "
                              "UPRISE used 50)")
-    parser.add_argument("--epochs", type=int, default=defaults.train.epochs)
+    parser.add_argument("--epochs", type=int, default=defaults.train.epochs,
+                        help=f"passes over the scored examples (default {defaults.train.epochs}; the epoch with the "
+                             "best held-out choice gain is kept)")
+    parser.add_argument("--loss", choices=LOSSES, default=defaults.train.loss,
+                        help=f"contrastive: UPRISE's best-scored positive; listwise: distil the LM's preference over "
+                             f"all L scored candidates (default {defaults.train.loss})")
     add_executor_flags(parser)
     parser.set_defaults(func=run_train)
 
@@ -68,6 +74,7 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
                              threads=args.threads, executor=executor_config(args))
     config.scoring.candidates = args.candidates
     config.train.epochs = args.epochs
+    config.train.loss = args.loss
     report = run_train_prompts(settings, config)
     print(json.dumps({k: report[k] for k in ("retriever", "pool", "lm", "metrics")}, indent=2, ensure_ascii=False))
     return 0

@@ -34,9 +34,12 @@ def test_targets_are_best_scored_positive_worst_scored_hard_and_random_negatives
     assert len(randoms) == 3 and not set(randoms) & {3, 5, 7, 9} and all(r < 20 for r in randoms)
     with pytest.raises(ValueError, match="at least 2"):
         make_targets([ScoredExample("q", "en", (1,), (0.0,))], ids, PromptTrainConfig())
+    with pytest.raises(ValueError, match="loss must be one of"):
+        PromptTrainConfig(loss="pairwise").validate()
 
 
-def test_adapter_learns_which_demonstration_the_lm_prefers() -> None:
+@pytest.mark.parametrize("loss", ["contrastive", "listwise"])
+def test_adapter_learns_which_demonstration_the_lm_prefers(loss: str) -> None:
     rng = np.random.default_rng(0)
     dim, pool_size, n = 16, 80, 240
     passages = rng.normal(size=(pool_size, dim)).astype(np.float32)
@@ -49,7 +52,7 @@ def test_adapter_learns_which_demonstration_the_lm_prefers() -> None:
         cands = tuple(int(c) for c in rng.choice(pool_size, size=8, replace=False))
         scores = tuple(float(passages[c] @ (hidden @ queries[i])) for c in cands)
         examples.append(ScoredExample(f"q{i}", "en", cands, scores))
-    config = PromptTrainConfig(rank=16, epochs=25, batch_size=32, learning_rate=1e-2, dev_fraction=0.25)
+    config = PromptTrainConfig(rank=16, epochs=25, batch_size=32, learning_rate=1e-2, dev_fraction=0.25, loss=loss)
     targets = make_targets(examples, {"en": list(range(pool_size))}, config)
     adapter, history = train_prompt_adapter(queries, passages, targets, examples, "tiny@x", config)
     base = history[0]["dev_choice_gain"]
