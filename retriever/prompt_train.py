@@ -42,7 +42,9 @@ class PromptTrainConfig:
     hard_negatives: int = 3  # the worst-scored candidates of each example
     random_negatives: int = 3  # pool entries of the example's language, not among its scored candidates
     dev_fraction: float = 0.2  # examples held out to pick the epoch
-    loss: str = "contrastive"  # or "listwise" (see the module docstring)
+    # "contrastive", "listwise" (see the module docstring) or "auto": the job trains both and keeps the one
+    # with the better held-out choice gain.
+    loss: str = "auto"
     lm_temperature: float = 0.1  # listwise: nats per token that make one candidate e times likelier
     seed: int = 0
 
@@ -54,8 +56,8 @@ class PromptTrainConfig:
             raise ValueError("hard_negatives and random_negatives must be 0 or more")
         if not 0 <= self.dev_fraction < 1 or self.learning_rate <= 0 or self.scale <= 0 or self.lm_temperature <= 0:
             raise ValueError("need 0 <= dev_fraction < 1 and positive learning_rate, scale and lm_temperature")
-        if self.loss not in LOSSES:
-            raise ValueError(f"prompt retriever loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if self.loss not in (*LOSSES, "auto"):
+            raise ValueError(f"prompt retriever loss must be one of {', '.join(LOSSES)} or auto, got {self.loss!r}")
 
 
 @dataclass(frozen=True)
@@ -152,6 +154,8 @@ def train_prompt_adapter(queries: np.ndarray, passages: np.ndarray, targets: Seq
     import torch
 
     config.validate()
+    if config.loss == "auto":
+        raise ValueError('train_prompt_adapter trains one loss; the job resolves "auto" by training both')
     n = len(targets)
     if queries.shape[0] != n or len(examples) != n or n < 2:
         raise ValueError(f"need matching queries, targets and examples (n >= 2), got {queries.shape[0]}, {n}, "

@@ -54,9 +54,10 @@ def register_train(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--epochs", type=int, default=defaults.train.epochs,
                         help=f"passes over the scored examples (default {defaults.train.epochs}; the epoch with the "
                              "best held-out choice gain is kept)")
-    parser.add_argument("--loss", choices=LOSSES, default=defaults.train.loss,
-                        help=f"contrastive: UPRISE's best-scored positive; listwise: distil the LM's preference over "
-                             f"all L scored candidates (default {defaults.train.loss})")
+    parser.add_argument("--loss", choices=(*LOSSES, "auto"), default=defaults.train.loss,
+                        help="contrastive: UPRISE's best-scored positive; listwise: distil the LM's preference over "
+                             "all L scored candidates; auto: train both, keep the better on held-out examples "
+                             f"(default {defaults.train.loss})")
     add_executor_flags(parser)
     parser.set_defaults(func=run_train)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -34,7 +34,14 @@ from retriever.prompt_retriever import (
     save_prompt_retriever,
 )
 from retriever.prompt_scores import ExampleScores, ScoreCache, ScoringConfig, cache_path, load_lm, score_examples
-from retriever.prompt_train import PromptTrainConfig, ScoredExample, choice_gain, make_targets, train_prompt_adapter
+from retriever.prompt_train import (
+    LOSSES,
+    PromptTrainConfig,
+    ScoredExample,
+    choice_gain,
+    make_targets,
+    train_prompt_adapter,
+)
 
 log = logging.getLogger("repliq.train")
 
@@ -99,8 +106,14 @@ def fit_and_save(settings: Settings, config: PromptJobConfig, pool: PromptPool, 
     queries = encode_cached(settings, encoder, [s.query for s in scored], "query")
     ids_by_language = {lang: pool.ids_of(lang) for lang in sorted({d.language for d in pool.demonstrations})}
     targets = make_targets(scored, ids_by_language, config.train)
-    adapter, history = train_prompt_adapter(queries, passages, targets, scored, str(encoder.identity), config.train,
-                                            log=lambda row: log.info("prompt adapter %s", row))
+    fits = {}
+    for loss in (LOSSES if config.train.loss == "auto" else (config.train.loss,)):
+        fits[loss] = train_prompt_adapter(queries, passages, targets, scored, str(encoder.identity),
+                                          replace(config.train, loss=loss),
+                                          log=lambda row, loss=loss: log.info("prompt adapter (%s) %s", loss, row))
+    # "auto": the loss whose best epoch has the better held-out choice gain (the held-out training examples).
+    chosen = max(fits, key=lambda loss: max(row["dev_choice_gain"] for row in fits[loss][1]))
+    adapter, history = fits[chosen]
     zero_gap = [float(np.mean(s.scores) - s.zero_shot) for s in scores]
     metrics = {
         "examples": len(scored), "candidates_per_example": config.scoring.candidates,
@@ -109,6 +122,9 @@ def fit_and_save(settings: Settings, config: PromptJobConfig, pool: PromptPool, 
         "best_dev_choice_gain": max(row["dev_choice_gain"] for row in history),
         "dev_choice_gain_base": history[0]["dev_choice_gain"],
         "mean_one_demo_minus_zero_shot": float(np.mean(zero_gap)),
+        "loss": chosen,
+        "best_dev_choice_gain_by_loss": {loss: max(row["dev_choice_gain"] for row in history)
+                                         for loss, (_, history) in fits.items()},
     }
     retriever = PromptRetriever.build(pool, encoder, adapter, passages, config.scoring.context_turns)
     data_hash = sha256_json([asdict(s) for s in scored])
