@@ -356,3 +356,27 @@ def bank_targets(bank: ScoringBankLike, lm_id: str,
     """``(texts, languages, teacher values)`` of approved bank phrases from scores ``score_bank`` stored."""
     phrases, scores = bank_reply_scores(bank, lm_id, definition)
     return [p.text for p in phrases], [p.language for p in phrases], teacher_values(scores, definition)
+
+
+def seed_teacher_from_bank(cache: Any, bank: Any, lm_id: str, context_turns: int = 3) -> int:
+    """Put the bank's stored unconditional LM scores (`repliq bank score`, same ``lm_id``) into the teacher's
+    cache rows, so judging a chosen bank phrase costs no LM pass; returns how many rows were added.
+
+    Only unconditional rows (no dialogue) are written, keyed as ``rl.teachers.judge_scorer`` looks them up;
+    a row already cached is kept, so the values a run reports never change under it.
+    """
+    from core.lm.bank_scores import load_bank_scores
+    from core.text import detect_language
+
+    stored = load_bank_scores(bank, lm_id)
+    added = 0
+    for phrase in bank.phrases(status="approved"):
+        score = stored.get(phrase.id)
+        if score is None:
+            continue
+        key = cache_key(lm_id, detect_language(phrase.text), None, phrase.text, context_turns)
+        if key not in cache.rows:
+            cache.rows[key] = {"key": key, "cond": None,
+                               "uncond": [score.sum_logprob, score.mean_logprob, score.n_tokens]}
+            added += 1
+    return added

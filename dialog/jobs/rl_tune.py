@@ -34,7 +34,7 @@ from retriever.encoder import Encoder
 from retriever.encoder_cache import index_backed_encoder
 from rl.blender_setup import BLENDER_DIR, SPECIFICITY_DIR, annotator_resources
 from rl.dev_pools import build_dev_pools, stored_encoder
-from rl.judge_cache import CachedJudge, seed_teacher_from_bank
+from rl.judge_cache import CachedJudge
 from rl.plots import plot_pareto
 from rl.policy import Groups, group_argmax
 from rl.policy_eval import PolicyJudge
@@ -45,7 +45,7 @@ from rl.policy_targets import choose_by_target
 from rl.proxy import load_specificity_proxy
 from rl.relevance import load_relevance_model
 from rl.rewards import RewardModel, proxy_specificity
-from rl.teacher import TeacherCache
+from rl.teacher import TeacherCache, seed_teacher_from_bank
 from rl.teachers import judge_scorer, length_model_of
 
 log = logging.getLogger("repliq.rl")
