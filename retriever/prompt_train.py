@@ -46,6 +46,8 @@ class PromptTrainConfig:
     # with the better held-out choice gain.
     loss: str = "auto"
     lm_temperature: float = 0.1  # listwise: nats per token that make one candidate e times likelier
+    # A trained epoch replaces the plain encoder only if its held-out gain is this many standard errors above it.
+    min_gain_z: float = 2.0
     seed: int = 0
 
     def validate(self) -> None:
@@ -95,18 +97,35 @@ def make_targets(examples: Sequence[ScoredExample], ids_by_language: dict[str, l
     return targets
 
 
-def choice_gain(adapter: QueryAdapter | None, queries: np.ndarray, passages: np.ndarray,
-                examples: Sequence[ScoredExample]) -> float:
-    """Mean over examples of (LM score of the candidate the retriever ranks first - mean candidate score):
-    how many nats per token the retriever's pick among the L candidates beats a random pick."""
-    if not len(examples):
-        return math.nan
+def choice_gains(adapter: QueryAdapter | None, queries: np.ndarray, passages: np.ndarray,
+                 examples: Sequence[ScoredExample]) -> np.ndarray:
+    """Per example: LM score of the candidate the retriever ranks first - the mean candidate score."""
     mapped = adapter.apply(queries) if adapter is not None else queries
     gains = []
     for row, example in enumerate(examples):
         sims = passages[list(example.candidates)] @ mapped[row]
         gains.append(example.scores[int(np.argmax(sims))] - float(np.mean(example.scores)))
-    return float(np.mean(gains))
+    return np.asarray(gains, dtype=np.float64)
+
+
+def choice_gain(adapter: QueryAdapter | None, queries: np.ndarray, passages: np.ndarray,
+                examples: Sequence[ScoredExample]) -> float:
+    """Mean of :func:`choice_gains`: how many nats per token the retriever's pick among the L candidates
+    beats a random pick."""
+    if not len(examples):
+        return math.nan
+    return float(np.mean(choice_gains(adapter, queries, passages, examples)))
+
+
+def beats_base(trained: np.ndarray, base: np.ndarray, z: float) -> bool:
+    """Is the trained adapter's held-out gain over the plain encoder larger than ``z`` standard errors?
+
+    The best of many noisy epochs always looks better than epoch 0 (the winner's curse), so a trained
+    adapter is kept only when its paired margin over the plain encoder clears the noise."""
+    diff = np.asarray(trained, dtype=np.float64) - np.asarray(base, dtype=np.float64)
+    if len(diff) < 2:
+        return bool(diff.mean() > 0) if len(diff) else False
+    return bool(diff.mean() > z * diff.std(ddof=1) / math.sqrt(len(diff)))
 
 
 def _batch_loss(q: Any, down: Any, up: Any, passages: Any, pos: Any, neg: Any, scale: float) -> Any:
@@ -187,8 +206,9 @@ def train_prompt_adapter(queries: np.ndarray, passages: np.ndarray, targets: Seq
     def dev_gain(adapter: QueryAdapter) -> float:
         return choice_gain(adapter, queries[dev_rows], passages, dev_examples)
 
-    best, best_gain = snapshot(), dev_gain(snapshot())
-    history = [{"epoch": 0, "loss": math.nan, "dev_choice_gain": best_gain}]
+    base = best = snapshot()
+    best_gain, best_epoch = dev_gain(base), 0
+    history: list[dict[str, float]] = [{"epoch": 0, "loss": math.nan, "dev_choice_gain": best_gain}]
     for epoch in range(1, config.epochs + 1):
         shuffled = train_rows[rng.permutation(len(train_rows))]
         total, batches = 0.0, 0
@@ -208,5 +228,10 @@ def train_prompt_adapter(queries: np.ndarray, passages: np.ndarray, targets: Seq
         if log:
             log(history[-1])
         if not n_dev or gain > best_gain:
-            best, best_gain = current, gain
+            best, best_gain, best_epoch = current, gain, epoch
+    if n_dev and best_epoch and not beats_base(choice_gains(best, queries[dev_rows], passages, dev_examples),
+                                                choice_gains(base, queries[dev_rows], passages, dev_examples),
+                                                config.min_gain_z):
+        best, best_epoch = base, 0
+    history[best_epoch]["kept"] = 1.0
     return best, history

@@ -111,8 +111,9 @@ def fit_and_save(settings: Settings, config: PromptJobConfig, pool: PromptPool, 
         fits[loss] = train_prompt_adapter(queries, passages, targets, scored, str(encoder.identity),
                                           replace(config.train, loss=loss),
                                           log=lambda row, loss=loss: log.info("prompt adapter (%s) %s", loss, row))
-    # "auto": the loss whose best epoch has the better held-out choice gain (the held-out training examples).
-    chosen = max(fits, key=lambda loss: max(row["dev_choice_gain"] for row in fits[loss][1]))
+    kept = {loss: next(row for row in history if row.get("kept")) for loss, (_, history) in fits.items()}
+    # "auto": the loss whose kept epoch has the better held-out choice gain (the held-out training examples).
+    chosen = max(fits, key=lambda loss: kept[loss]["dev_choice_gain"])
     adapter, history = fits[chosen]
     zero_gap = [float(np.mean(s.scores) - s.zero_shot) for s in scores]
     metrics = {
@@ -121,10 +122,12 @@ def fit_and_save(settings: Settings, config: PromptJobConfig, pool: PromptPool, 
         "train_choice_gain_adapter": choice_gain(adapter, queries, passages, scored),
         "best_dev_choice_gain": max(row["dev_choice_gain"] for row in history),
         "dev_choice_gain_base": history[0]["dev_choice_gain"],
+        # Epoch 0 is the plain encoder: a trained epoch is kept only when it beats it beyond noise.
+        "kept_epoch": int(kept[chosen]["epoch"]),
+        "kept_dev_choice_gain": kept[chosen]["dev_choice_gain"],
         "mean_one_demo_minus_zero_shot": float(np.mean(zero_gap)),
         "loss": chosen,
-        "best_dev_choice_gain_by_loss": {loss: max(row["dev_choice_gain"] for row in history)
-                                         for loss, (_, history) in fits.items()},
+        "kept_dev_choice_gain_by_loss": {loss: row["dev_choice_gain"] for loss, row in kept.items()},
     }
     retriever = PromptRetriever.build(pool, encoder, adapter, passages, config.scoring.context_turns)
     data_hash = sha256_json([asdict(s) for s in scored])

@@ -14,7 +14,14 @@ from core.artifacts import ArtifactError
 from core.types import Context, Turn
 from dialog.generation.prompt_kinds import FixedDemos
 from retriever.prompt_pool import PromptPool
-from retriever.prompt_train import PromptTrainConfig, ScoredExample, choice_gain, make_targets, train_prompt_adapter
+from retriever.prompt_train import (
+    PromptTrainConfig,
+    ScoredExample,
+    beats_base,
+    choice_gain,
+    make_targets,
+    train_prompt_adapter,
+)
 
 from tiny_models import build_tiny_decoder, build_tiny_encoder
 
@@ -58,7 +65,29 @@ def test_adapter_learns_which_demonstration_the_lm_prefers(loss: str) -> None:
     base = history[0]["dev_choice_gain"]
     best = max(row["dev_choice_gain"] for row in history)
     assert best > base + 0.1, history
+    assert [r["epoch"] for r in history if r.get("kept")] != [0]  # a real gain clears the noise margin
     assert choice_gain(adapter, queries, passages, examples) > choice_gain(None, queries, passages, examples) + 0.1
+
+
+def test_an_adapter_trained_on_noise_is_not_kept_over_the_plain_encoder() -> None:
+    rng = np.random.default_rng(1)
+    dim, pool_size, n = 16, 80, 200
+    passages = rng.normal(size=(pool_size, dim)).astype(np.float32)
+    passages /= np.linalg.norm(passages, axis=1, keepdims=True)
+    queries = rng.normal(size=(n, dim)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    examples = [ScoredExample(f"q{i}", "en", tuple(int(c) for c in rng.choice(pool_size, size=8, replace=False)),
+                              tuple(float(x) for x in rng.normal(size=8))) for i in range(n)]
+    config = PromptTrainConfig(rank=16, epochs=30, batch_size=32, learning_rate=1e-2, dev_fraction=0.3,
+                               loss="contrastive")
+    targets = make_targets(examples, {"en": list(range(pool_size))}, config)
+    adapter, history = train_prompt_adapter(queries, passages, targets, examples, "tiny@x", config)
+    # Some noisy epoch beats epoch 0 on the held-out examples, but not beyond its standard error.
+    assert max(r["dev_choice_gain"] for r in history[1:]) > history[0]["dev_choice_gain"]
+    assert [r["epoch"] for r in history if r.get("kept")] == [0]
+    np.testing.assert_allclose(adapter.apply(queries), queries, atol=1e-6)  # the plain encoder
+    assert not beats_base(np.array([0.1, 0.2, -0.1]), np.array([0.0, 0.0, 0.0]), z=2.0)
+    assert beats_base(np.array([0.5, 0.6, 0.55, 0.52]), np.zeros(4), z=2.0)
 
 
 @pytest.fixture(scope="module")
