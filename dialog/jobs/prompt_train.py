@@ -119,6 +119,8 @@ def fit_and_save(settings: Settings, config: PromptJobConfig, pool: PromptPool, 
     metrics = {
         "examples": len(scored), "candidates_per_example": config.scoring.candidates,
         "train_choice_gain_base": choice_gain(None, queries, passages, scored),
+        # What a retriever that always picked the LM's favourite of the L candidates would gain: the ceiling.
+        "train_choice_gain_oracle": float(np.mean([max(s.scores) - np.mean(s.scores) for s in scored])),
         "train_choice_gain_adapter": choice_gain(adapter, queries, passages, scored),
         "best_dev_choice_gain": max(row["dev_choice_gain"] for row in history),
         "dev_choice_gain_base": history[0]["dev_choice_gain"],
