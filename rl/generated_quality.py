@@ -72,12 +72,17 @@ class Record:
     language: str
     requested: int
     sampled: int
-    kept: list[dict[str, Any]]  # {"text", "gen_logprob"}
+    kept: list[dict[str, Any]]  # {"text", "stage_scores"}
     dropped: dict[str, int]
 
 
+RECORD_FORMAT = 2  # 2: kept replies carry all their stage scores (1 had gen_logprob only)
+
+
 def _key(lm_version: str, kind: str, context_id: str, demos: Sequence[Demonstration], requested: int) -> str:
-    payload = json.dumps([lm_version, kind, context_id, [d.id for d in demos], requested])
+    # The demonstrations by content: a rebuilt pool reuses ids for other excerpts.
+    shown = [[d.conversation_id, d.passage_text, d.reply] for d in demos]
+    payload = json.dumps([RECORD_FORMAT, lm_version, kind, context_id, shown, requested], ensure_ascii=False)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:24]
 
 
@@ -117,7 +122,8 @@ def sample_kinds(contexts: Sequence[ContextPair], chosen: dict[str, list[list[De
         key = _key(lm_version, kind, pair.context_id, demos, requested)
         if key not in cache:
             attempt = generate(pair.context, pair.language, demos, time.monotonic() + config.budget_s)
-            kept = [{"text": c.text, "gen_logprob": float(c.stage_scores.get("gen_logprob", float("nan")))}
+            # Every stage score is kept: the blender's generation features (``gen_logprob``, ``gen_pmi``) read them.
+            kept = [{"text": c.text, "stage_scores": {k: float(v) for k, v in c.stage_scores.items()}}
                     for c in attempt.kept]
             cache[key] = Record(kind, pair.context_id, pair.language, requested, attempt.sampled, kept,
                                 dict(attempt.dropped))
@@ -141,7 +147,7 @@ def picked_generated(records: Sequence[Record], contexts: Sequence[ContextPair],
     by_id = {c.context_id: c for c in contexts}
     out = []
     for r in records:
-        extra = [Candidate(k["text"], SOURCE_GENERATED, r.language, stage_scores={"gen_logprob": k["gen_logprob"]})
+        extra = [Candidate(k["text"], SOURCE_GENERATED, r.language, stage_scores=dict(k["stage_scores"]))
                  for k in r.kept]
         ranked = ranker.rank(by_id[r.context_id].context, r.language, extra) if extra else []
         out.append(bool(ranked) and ranked[0].source == SOURCE_GENERATED)

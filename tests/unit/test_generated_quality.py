@@ -77,6 +77,8 @@ class FakeRanker:
     version = "fake"
 
     def rank(self, context: Context, language: str, extra: list[Candidate]) -> list[Candidate]:
+        # The replayed replies carry the stage scores they were generated with (the blender's features).
+        assert all(c.stage_scores == {"gen_logprob": -1.5} for c in extra)
         bank = Candidate("a bank phrase", SOURCE_BANK, language, phrase_id=1)
         # Serves the generated reply in English only.
         return [*extra, bank] if language == "en" else [bank, *extra]
