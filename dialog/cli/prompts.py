@@ -58,6 +58,10 @@ def register_train(sub: argparse._SubParsersAction) -> None:
                         help="contrastive: UPRISE's best-scored positive; listwise: distil the LM's preference over "
                              "all L scored candidates; auto: train both, keep the better on held-out examples "
                              f"(default {defaults.train.loss})")
+    parser.add_argument("--min-gain-z", type=float, default=defaults.train.min_gain_z,
+                        help="keep a trained epoch over the plain encoder only if its held-out gain is this many "
+                             f"standard errors above it (default {defaults.train.min_gain_z:g}: the best held-out "
+                             "epoch)")
     add_executor_flags(parser)
     parser.set_defaults(func=run_train)
 
@@ -76,6 +80,7 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
     config.scoring.candidates = args.candidates
     config.train.epochs = args.epochs
     config.train.loss = args.loss
+    config.train.min_gain_z = args.min_gain_z
     report = run_train_prompts(settings, config)
     print(json.dumps({k: report[k] for k in ("retriever", "pool", "lm", "metrics")}, indent=2, ensure_ascii=False))
     return 0
@@ -89,6 +94,8 @@ def register_eval(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--transfer-lm", action="append", default=[],
                         help="another LM to score with the same retrieved prompts (repeatable, e.g. smollm2-135m)")
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    parser.add_argument("--split", choices=("dev", "test"), default="dev",
+                        help="hash split of the evaluated conversations (default dev; test once, for a final check)")
     parser.add_argument("--skip-base", action="store_true",
                         help="leave out the plain-encoder condition (saves a fifth of the LM time)")
     from rl.generated_quality import GenerationEvalConfig
@@ -113,7 +120,7 @@ def run_eval(args: argparse.Namespace, settings: Settings) -> int:
         raise ValueError("--contexts and --k must be at least 1 and --bootstrap at least 100")
     config = EvalPromptsConfig(corpora=PromptCorpora(chitchat_conversations=args.chitchat, russian=args.russian,
                                                      topicalchat=args.topicalchat),
-                               contexts_per_language=args.contexts, k=args.k, lm=args.lm,
+                               contexts_per_language=args.contexts, k=args.k, lm=args.lm, split=args.split,
                                transfer_lms=list(args.transfer_lm), n_boot=args.bootstrap, threads=args.threads,
                                out=args.out,
                                conditions=tuple(c for c in CONDITIONS if not (args.skip_base and c == "base")),

@@ -56,6 +56,7 @@ CONDITIONS = ("uprise", "base", "bm25", "random", "none")
 class EvalPromptsConfig:
     corpora: PromptCorpora = field(default_factory=PromptCorpora)
     contexts_per_language: int = 60
+    split: str = "dev"  # the conversations' hash split: choose on dev, confirm once on test
     k: int = 3
     lm: str = ""
     transfer_lms: list[str] = field(default_factory=list)
@@ -70,6 +71,8 @@ class EvalPromptsConfig:
     generation: GenerationEvalConfig = field(default_factory=GenerationEvalConfig)
 
     def validate(self) -> None:
+        if self.split not in ("dev", "test"):
+            raise ValueError(f"evaluate prompts on the dev or test split (the pool is train), got {self.split!r}")
         unknown = set(self.conditions) - set(CONDITIONS)
         if unknown or "uprise" not in self.conditions or len(self.conditions) < 2:
             raise ValueError(f"conditions must include uprise and another of {', '.join(CONDITIONS)}; "
@@ -242,7 +245,7 @@ def run_eval_prompts(settings: Settings, config: EvalPromptsConfig, encoder: Any
     base = PromptRetriever(pool, encoder, retriever.indexes, None, retriever.context_turns)
     sources = read_sources(config.corpora)
     contexts = training_examples((d for ds in sources.values() for d in ds), config.contexts_per_language,
-                                 config.seed, config.scoring.context_turns, split="dev")
+                                 config.seed, config.scoring.context_turns, split=config.split)
     if not contexts:
         raise ValueError("no dev contexts in the given corpora; give --russian / --topicalchat or enable chitchat")
     chosen = {k: v for k, v in choose(retriever, base, pool, contexts, config).items() if k in config.conditions}
@@ -255,6 +258,7 @@ def run_eval_prompts(settings: Settings, config: EvalPromptsConfig, encoder: Any
         cache = ScoreCache(cache_path(settings.artifacts_dir, lm.lm_id))
         results[lm.lm_id] = summarize(score_conditions(lm, contexts, chosen, cache, config), languages, config)
     report = {"retriever": manifest.ref, "trained_on_lm": manifest.lineage.get("lm"), "pool": pool.ref,
+              "split": config.split,
               "k": config.k, "contexts_per_language": {k: int((languages == k).sum()) for k in sorted(set(languages))},
               "results": results, "table": table(results)}
     out = Path(config.out or settings.artifacts_dir / "eval-prompts")

@@ -79,7 +79,7 @@ def test_an_adapter_trained_on_noise_is_not_kept_over_the_plain_encoder() -> Non
     examples = [ScoredExample(f"q{i}", "en", tuple(int(c) for c in rng.choice(pool_size, size=8, replace=False)),
                               tuple(float(x) for x in rng.normal(size=8))) for i in range(n)]
     config = PromptTrainConfig(rank=16, epochs=30, batch_size=32, learning_rate=1e-2, dev_fraction=0.3,
-                               loss="contrastive")
+                               loss="contrastive", min_gain_z=2.0)
     targets = make_targets(examples, {"en": list(range(pool_size))}, config)
     adapter, history = train_prompt_adapter(queries, passages, targets, examples, "tiny@x", config)
     # Some noisy epoch beats epoch 0 on the held-out examples, but not beyond its standard error.
