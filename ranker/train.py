@@ -80,8 +80,12 @@ def _log_rounds(every: int) -> Any:
 
 
 def train_blender(dataset: RankingDataset, config: BlenderTrainConfig, out_dir: Path,
-                  idf: IdfTable | None = None, annotators: Sequence[Annotator] | None = None) -> dict[str, float]:
-    """Fit, evaluate on dev and test, save the blender to ``out_dir``; returns the metrics."""
+                  idf: IdfTable | None = None, annotators: Sequence[Annotator] | None = None,
+                  labels: dict[str, Any] | None = None) -> dict[str, float]:
+    """Fit, evaluate on dev and test, save the blender to ``out_dir``; returns the metrics.
+
+    ``labels`` says how labels beyond gold-only were made (e.g. graded generated replies); it is kept in the
+    manifest's ``training.labels`` so the blender says what it was taught."""
     train, dev, test = (dataset.subset(s) for s in ("train", "dev", "test"))
     if len(train.group_sizes) == 0 or len(dev.group_sizes) == 0:
         raise DatasetError(
@@ -120,7 +124,8 @@ def train_blender(dataset: RankingDataset, config: BlenderTrainConfig, out_dir: 
                     "with other corpora or negatives", metrics["dev_r@1"], metrics["dev_retrieval_r@1"])
     log.info("blender trained: %s", ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
     blender.manifest.metrics = metrics
-    blender.manifest.training = {"config": asdict(config), "history_file": HISTORY_NAME}
+    blender.manifest.training = {"config": asdict(config), "history_file": HISTORY_NAME,
+                                 **({"labels": labels} if labels is not None else {})}
     blender.save(Path(out_dir))
     atomic_write_json(Path(out_dir) / HISTORY_NAME, history)
     return metrics

@@ -138,7 +138,8 @@ def build_dev_pools(settings: Settings, blender: RankingDataset, blender_languag
         bank_index = load_index(settings, encoder, bank)
         reusing = CachingEncoder.seeded_from_index(encoder, bank_index)
         resources, descriptor = annotator_resources(settings, reusing, idf)
-        annotators = build_annotators(resources)
+        # The blender's own annotator list: one trained with generation also reads the generation features.
+        annotators = build_annotators(resources, [a["name"] for a in blender.annotators])
         described = {"idf": idf.hash, **descriptor}
         if describe(annotators) != blender.annotators or described != blender.resources:
             raise DatasetError("the blender was trained on other annotators or resources than this workspace "

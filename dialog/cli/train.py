@@ -26,6 +26,7 @@ from core.job_configs import (
 )
 from core.training_corpora import BlenderCorpora
 from dialog.cli.executor import add_executor_flags, executor_config
+from dialog.generation.grading import GRADE_RULES, GradeConfig
 from dialog.generation.training import TrainingGeneration
 
 
@@ -76,6 +77,10 @@ def register_blender(sub: argparse._SubParsersAction) -> None:
                          help=f"generated candidates per chosen context (default {TrainingGeneration().per_context})")
     blender.add_argument("--generate-budget", type=float, default=TrainingGeneration().budget_s, metavar="S",
                          help=f"seconds of generation per chosen context (default {TrainingGeneration().budget_s:g})")
+    blender.add_argument("--generated-labels", choices=GRADE_RULES, default=GradeConfig().rule,
+                         help="labels of generated candidates: 'pmi' = 1 when the LM's PMI beats every one of the "
+                              "bank's top retrieved phrases for the context (gold 2, the rest 0), 'none' = 0 like "
+                              f"every non-gold candidate (default {GradeConfig().rule})")
     blender.add_argument("--out", type=Path, help="output directory (default: <home>/artifacts/blender)")
     add_executor_flags(blender)  # pools and features, batch by batch (encoding-bound)
     blender.set_defaults(func=run_blender)
@@ -102,15 +107,19 @@ def run_blender(args: argparse.Namespace, settings: Settings) -> int:
         metrics = retrain_from_saved_data(settings, BlenderTrainConfig(rounds=args.rounds),
                                           args.out or settings.artifacts_dir / BLENDER_DIR)
     else:
-        generate = None
+        generate, grade = None, None
         if args.generate_contexts > 0:
-            from dialog.generation.training import TrainingGeneration, training_generator
+            from dialog.generation.grading import pmi_grader
+            from dialog.generation.training import training_generator
 
             generate = training_generator(settings, TrainingGeneration(
                 per_context=args.generate_per_context, max_contexts=args.generate_contexts,
                 budget_s=args.generate_budget))
+            if args.generated_labels != "none":  # the generator's LM is the teacher: loaded once
+                grade = pmi_grader(settings, generate.source.generator.lm,  # type: ignore[attr-defined]
+                                   GradeConfig(rule=args.generated_labels))
         metrics = train_workspace_blender(settings, corpora, BlenderTrainConfig(rounds=args.rounds), builder,
-                                          out_dir=args.out, generate=generate)
+                                          out_dir=args.out, generate=generate, grade=grade)
     print(json.dumps(metrics, indent=2))
     return 0
 

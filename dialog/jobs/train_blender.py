@@ -9,22 +9,26 @@ that each rebuild the encoder, index and annotators from the workspace (:class:`
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 from tqdm import tqdm
 
+from core.atomic import atomic_write_json
 from core.bank.store import PhraseBank
 from core.config import Settings
 from core.corpora import ContextPair
 from core.executor import BatchFn, WorkerFactory, make_executor
 from core.job_configs import DEFAULT_POOLS
 from core.training_corpora import BlenderCorpora, read_corpora, read_topicalchat_train, sample_pairs
-from core.types import SOURCE_BANK, Candidate
-from ranker.annotators import build_annotators, describe
+from core.types import SOURCE_BANK, Candidate, Context
+from ranker.annotators import DEFAULT_ANNOTATORS, build_annotators, describe
 from ranker.blender import IDF_NAME
 from ranker.dataset import (
     BuilderConfig,
@@ -34,9 +38,11 @@ from ranker.dataset import (
     PoolBuilder,
     PoolFeaturizer,
     RankingDataset,
+    RetrieveFn,
     build_ranking_dataset,
     encoder_similarity,
 )
+from ranker.features.generation import GENERATION_ANNOTATORS
 from ranker.idf import IdfTable
 from ranker.train import BlenderTrainConfig, train_blender
 from ranker.training_data import data_dir_of, save_training_data
@@ -47,9 +53,30 @@ from retriever.encoder_cache import CachingEncoder, index_backed_encoder
 from rl.blender_setup import BLENDER_DIR, annotator_resources
 
 log = logging.getLogger("repliq.train")
+LABELS_NAME = "labels.json"  # beside the saved ranking data: the grading record, for --reuse-data
 
 __all__ = ["BlenderCorpora", "BlenderFeatureWorker", "read_corpora", "read_topicalchat_train",
            "retrain_from_saved_data", "sample_pairs", "train_workspace_blender"]
+
+
+class LabelGrader(Protocol):
+    """Relabels the built pools (``dialog.generation.grading.PMIGrader``); ``record()`` goes into the manifest."""
+
+    def __call__(self, dataset: RankingDataset, contexts: Mapping[str, tuple[Context, str]],
+                 retrieve: RetrieveFn | None) -> RankingDataset: ...
+
+    def record(self) -> dict[str, Any]: ...
+
+
+def annotator_names(dataset_annotators: list[dict] | None = None, generated: bool = False) -> list[str]:
+    """The annotators to build: a saved dataset's own, else the defaults (+ the generation ones with generation).
+
+    The generation annotator is opt-in, so blenders trained without generated candidates keep exactly the
+    feature set they always had.
+    """
+    if dataset_annotators is not None:
+        return [str(a["name"]) for a in dataset_annotators]
+    return [*DEFAULT_ANNOTATORS, *(GENERATION_ANNOTATORS if generated else ())]
 
 
 @dataclass(frozen=True)
@@ -79,7 +106,7 @@ class BlenderFeatureWorker:
         reusing = CachingEncoder.seeded_from_index(encoder, bank_index)
         reusing.seed_passages(*self.replies)
         resources, descriptor = annotator_resources(settings, reusing, self.idf)
-        annotators = build_annotators(resources)
+        annotators = build_annotators(resources, annotator_names(self.annotators))
         found = (bank_index.manifest.checksum, describe(annotators), {"idf": self.idf.hash, **descriptor})
         if found != (self.index_checksum, self.annotators, self.resources):
             bank.close()
@@ -137,20 +164,24 @@ def retrain_from_saved_data(settings: Settings, config: BlenderTrainConfig, out_
     with PhraseBank(settings.bank_path) as bank:
         encoder = index_backed_encoder(settings, Encoder.from_config(settings), bank)
     resources, descriptor = annotator_resources(settings, encoder, idf)
-    annotators = build_annotators(resources)
+    annotators = build_annotators(resources, annotator_names(dataset.annotators))
     expected = {"idf": idf.hash, **descriptor}
     if dataset.annotators != describe(annotators) or dataset.resources != expected:
         raise DatasetError(f"the saved ranking data was built with other annotators or resources than the current "
                            f"ones; {rebuild}")
     log.info("reusing ranking data: %d groups, %d rows", len(dataset.group_sizes), len(dataset.y))
-    return train_blender(dataset, config, out_dir, idf=idf, annotators=annotators)
+    labels_file = data_dir / LABELS_NAME  # how generated replies were labelled, when they were graded
+    labels = json.loads(labels_file.read_text(encoding="utf-8")) if labels_file.is_file() else None
+    return train_blender(dataset, config, out_dir, idf=idf, annotators=annotators, labels=labels)
 
 
 def train_workspace_blender(settings: Settings, corpora: BlenderCorpora, config: BlenderTrainConfig,
                             builder: BuilderConfig | None = None, out_dir: Path | None = None,
-                            generate: GenerateFn | None = None) -> dict[str, float]:
+                            generate: GenerateFn | None = None, grade: LabelGrader | None = None
+                            ) -> dict[str, float]:
     """Build the pools, annotate, train. ``generate`` (``dialog.generation.training.PoolGenerator``) adds
-    generated candidates to the pools of the contexts it chooses, so the blender learns how they compare."""
+    generated candidates to the pools of the contexts it chooses, so the blender learns how they compare;
+    ``grade`` (``dialog.generation.grading.PMIGrader``) labels the generated ones that deserve to win."""
     out_dir = out_dir or settings.artifacts_dir / BLENDER_DIR
     with PhraseBank(settings.bank_path) as bank:
         encoder = Encoder.from_config(settings)
@@ -173,7 +204,7 @@ def train_workspace_blender(settings: Settings, corpora: BlenderCorpora, config:
         # The reusing encoder here too: the specificity-proxy feature embeds every candidate, and all but
         # the gold reply are bank phrases whose vectors the index already holds.
         resources, descriptor = annotator_resources(settings, reusing, idf)
-        annotators = build_annotators(resources)
+        annotators = build_annotators(resources, annotator_names(generated=generate is not None))
         pools, described = builder or DEFAULT_POOLS, {"idf": idf.hash, **descriptor}
         replies = seed_replies(reusing, pairs)
         similarity = encoder_similarity(reusing, settings.retrieval.context_turns)
@@ -192,9 +223,19 @@ def train_workspace_blender(settings: Settings, corpora: BlenderCorpora, config:
                                             worker=worker)
         log.info("ranking dataset: %d groups, %d rows, %d features", len(dataset.group_sizes), len(dataset.y),
                  len(dataset.feature_names))
+        labels = None
+        if grade is not None:
+            dataset = grade(dataset, {p.context_id: (p.context, p.language) for p in pairs}, retriever.retrieve_many)
+            labels = grade.record()
         save_training_data(data_dir_of(out_dir), dataset, pairs, idf)
-        metrics = train_blender(dataset, config, out_dir, idf=idf, annotators=annotators)
+        if labels is not None:
+            atomic_write_json(data_dir_of(out_dir) / LABELS_NAME, labels)
+        elif (data_dir_of(out_dir) / LABELS_NAME).is_file():
+            (data_dir_of(out_dir) / LABELS_NAME).unlink()  # gold-only labels now: no stale record
+        metrics = train_blender(dataset, config, out_dir, idf=idf, annotators=annotators, labels=labels)
         stats = getattr(generate, "stats", None)
         if stats is not None:
             metrics["generation"] = stats.to_json()  # type: ignore[assignment]
+        if labels is not None:
+            metrics["generated_labels"] = labels  # type: ignore[assignment]
         return metrics

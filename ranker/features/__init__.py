@@ -2,6 +2,7 @@
 
 from ranker.features import (  # noqa: F401
     blocklist,
+    generation,
     generic,
     language,
     lexical,

@@ -27,6 +27,7 @@ from core.job_configs import (
 )
 from core.training_corpora import BlenderCorpora
 from dialog.cli.main import build_parser
+from dialog.generation.grading import GradeConfig
 from dialog.generation.training import TrainingGeneration
 from dialog.labeling.report import build_report
 from dialog.labeling.simulate import SimulatedRater, simulate_answers
@@ -47,6 +48,7 @@ EXPECTED: dict[tuple[str, str], Any] = {
     ("train blender", "--rounds"): BlenderTrainConfig().rounds,
     ("train blender", "--generate-per-context"): TrainingGeneration().per_context,
     ("train blender", "--generate-budget"): TrainingGeneration().budget_s,
+    ("train blender", "--generated-labels"): GradeConfig().rule,
     ("train blender", "--corpus-negatives"): DEFAULT_POOLS.k_corpus,
     ("train blender", "--retrieved-negatives"): DEFAULT_POOLS.k_retrieved,
     ("train blender", "--random-negatives"): DEFAULT_POOLS.k_random,
