@@ -10,6 +10,7 @@ from prompt_helpers import make_pool
 
 from core.corpora import ContextPair
 from core.types import Candidate, Context, Turn
+from dialog.generation.prompt_kinds import FixedDemos
 from ranker.annotators import build_annotators
 from ranker.dataset import BuilderConfig, build_ranking_dataset, restrict_origins
 
@@ -19,14 +20,6 @@ from tiny_models import build_tiny_decoder
 @pytest.fixture(autouse=True)
 def _single_thread(one_torch_thread: None) -> None:
     """Tiny models run several times faster on one torch thread on a shared machine."""
-
-
-class FixedDemos:
-    def __init__(self, demos) -> None:
-        self.demos = demos
-
-    def retrieve(self, context: Context, language: str, k: int):
-        return self.demos[:k]
 
 
 @pytest.fixture(scope="module")
