@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,14 +133,24 @@ def sample_kinds(contexts: Sequence[ContextPair], chosen: dict[str, list[list[De
     return records
 
 
+def bootstrap_mean(values: np.ndarray, n_boot: int, seed: int) -> tuple[float, float, float]:
+    """Mean and its 95% percentile-bootstrap interval, resampling rows (contexts; per-context differences for a
+    paired comparison)."""
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) < 2:
+        raise ValueError(f"need at least 2 contexts for a bootstrap interval, got {len(values)}")
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), size=(n_boot, len(values)))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(values.mean()), float(low), float(high)
+
+
 def _mean_ci(values: Sequence[float], n_boot: int, seed: int) -> dict[str, Any]:
     x = np.asarray([v for v in values if np.isfinite(v)], dtype=np.float64)
     if len(x) < 2:
         return {"mean": float(x.mean()) if len(x) else None, "ci95": None, "n": len(x)}
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, len(x), size=(n_boot, len(x)))].mean(axis=1)
-    low, high = np.percentile(means, [2.5, 97.5])
-    return {"mean": float(x.mean()), "ci95": [float(low), float(high)], "n": len(x)}
+    mean, low, high = bootstrap_mean(x, n_boot, seed)
+    return {"mean": mean, "ci95": [low, high], "n": len(x)}
 
 
 def picked_generated(records: Sequence[Record], contexts: Sequence[ContextPair], ranker: Ranker) -> list[bool]:
@@ -185,17 +196,9 @@ def summarize_kinds(records: Sequence[Record], contexts: Sequence[ContextPair], 
                 "picked": float(np.mean([picked[i] for i in rows])) if rows else None,
                 "picked_when_offered": (float(np.mean([picked[i] for i in rows if records[i].kept]))
                                         if any(records[i].kept for i in rows) else None),
-                "dropped": _sum_dicts(records[i].dropped for i in rows),
+                "dropped": dict(sum((Counter(records[i].dropped) for i in rows), Counter())),
             }
     return out
-
-
-def _sum_dicts(rows: Any) -> dict[str, int]:
-    total: dict[str, int] = {}
-    for row in rows:
-        for k, v in row.items():
-            total[k] = total.get(k, 0) + int(v)
-    return total
 
 
 def kinds_table(summary: dict[str, dict[str, Any]]) -> str:

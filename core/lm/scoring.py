@@ -128,6 +128,14 @@ def _score_items(lm: DecoderLM, items: list[_Item], batch_size: int) -> list[LMS
     return [score for score in results if score is not None]
 
 
+def score_token_ids(lm: DecoderLM, sequences: Sequence[Sequence[int]], batch_size: int = 16) -> list[LMScore]:
+    """Each token sequence scored after BOS alone, exactly these tokens (no re-tokenization of a text);
+    an empty sequence gets ``NAN_SCORE``. For replies the generator already holds as token ids."""
+    items = [_Item([lm.bos_id, *seq], 1) for seq in sequences if len(seq)]
+    scored = iter(_score_items(lm, items, batch_size)) if items else iter(())
+    return [next(scored) if len(seq) else NAN_SCORE for seq in sequences]
+
+
 def _check_texts(texts: Sequence[str], what: str) -> None:
     empty = [i for i, text in enumerate(texts) if not text.strip()]
     if empty:

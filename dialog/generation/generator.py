@@ -12,9 +12,11 @@ the prompt is zero-shot and each candidate's ``stage_scores`` say so (``explain`
 
 Each kept reply carries the LM evidence the blender uses (``ranker.features.generation``):
 ``gen_logprob``, its mean log-probability given the prompt (free: sampling computed it), and
-``gen_pmi``, that minus the reply's mean log-probability on its own (BOS + the same tokens). The
-unconditional side is one padded forward pass over the kept replies only (a few dozen tokens each,
-tens of milliseconds for Gemma-270M on a CPU), so PMI never needs a second model or a scorer at serving.
+``gen_pmi``, that minus the reply's mean log-probability on its own (BOS + the same tokens,
+``core.lm.scoring.score_token_ids``). The unconditional side is one padded forward pass over the kept
+replies only, so PMI never needs a second model or a scorer at serving. It costs ~0.5 s for two short
+replies on one CPU thread (Gemma's 262k-word output layer), so it runs only with ``[generation] pmi``, which
+serving sets when the blender reads it.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any, Protocol
 
 from core.config import GenerationConfig
 from core.lm.prompts import END_OF_TURN, fit_prompt, prompt_format
+from core.lm.scoring import score_token_ids
 from core.lm.wrapper import AnyLM, DecoderLM, NullLM
 from core.types import SOURCE_GENERATED, Candidate, Context
 from dialog.generation.filters import ReplyFilter
@@ -67,33 +70,6 @@ class Sample:
     mean_logprob: float
     finished: bool
     tokens: tuple[int, ...] = ()  # the scored reply tokens (end of turn included), for the unconditional pass
-
-
-def unconditional_logprobs(lm: DecoderLM, sequences: list[tuple[int, ...]]) -> list[float]:
-    """Mean ``log p(tokens | BOS)`` of each token sequence, in one right-padded forward pass.
-
-    The same tokens the conditional mean was taken over, so ``conditional - unconditional`` is a PMI of
-    the reply itself, not of a re-tokenization of its text. Empty sequences get NaN.
-    """
-    import torch
-
-    if not sequences:
-        return []
-    width = max(len(s) for s in sequences) + 1
-    ids = torch.full((len(sequences), width), lm.pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for row, tokens in enumerate(sequences):
-        ids[row, 0] = lm.bos_id
-        ids[row, 1:len(tokens) + 1] = torch.tensor(tokens, dtype=torch.long)
-        mask[row, :len(tokens) + 1] = 1
-    with torch.inference_mode():
-        logits = lm.model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device)).logits
-    chosen = logits[:, :-1].float().log_softmax(-1).gather(-1, ids[:, 1:].unsqueeze(-1).to(logits.device))
-    out = []
-    for row, tokens in enumerate(sequences):
-        mean = float(chosen[row, :len(tokens), 0].mean()) if tokens else math.nan
-        out.append(mean if math.isfinite(mean) else math.nan)
-    return out
 
 
 class _StopCriteria:
@@ -175,13 +151,14 @@ class LMGenerator:
         samples = self.sample_prompt(plan.ids, deadline)
         verdict = self.filter.apply([s.text for s in samples], context, language)
         explain = {"demonstrations": float(plan.demonstrations), "zero_shot_fallback": float(bool(plan.fallback))}
-        pmi = self.pmi([samples[i] for i in verdict.kept])
         found = [
             Candidate(text=samples[i].text, source=SOURCE_GENERATED, language=language, phrase_id=None,
-                      score=samples[i].mean_logprob,
-                      stage_scores={"gen_logprob": samples[i].mean_logprob, "gen_pmi": value, **explain})
-            for i, value in zip(verdict.kept, pmi, strict=True)
+                      score=samples[i].mean_logprob, stage_scores={"gen_logprob": samples[i].mean_logprob, **explain})
+            for i in verdict.kept
         ]
+        if self.config.pmi:  # only when a reader asked for it: the extra pass costs the request's budget
+            for candidate, value in zip(found, self.pmi([samples[i] for i in verdict.kept]), strict=True):
+                candidate.stage_scores["gen_pmi"] = value
         if verdict.dropped:
             log.debug("dropped generated replies: %s", {samples[i].text: why for i, why in verdict.dropped.items()})
         return sorted(found, key=lambda c: c.score, reverse=True)[:k]
@@ -189,7 +166,7 @@ class LMGenerator:
     def pmi(self, samples: list[Sample]) -> list[float]:
         """Each sample's conditional minus unconditional mean log-prob (NaN when that pass fails)."""
         try:
-            uncond = unconditional_logprobs(self.lm, [s.tokens for s in samples])
+            uncond = [u.mean_logprob for u in score_token_ids(self.lm, [s.tokens for s in samples])]
         except Exception:  # the replies are still served, with a NaN feature the blender knows as missing
             log.exception("unconditional scoring of generated replies failed")
             return [math.nan] * len(samples)

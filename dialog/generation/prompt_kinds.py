@@ -60,7 +60,8 @@ class KindGenerator:
 
     def __init__(self, lm: DecoderLM, settings: Settings, k: int) -> None:
         self.lm = lm
-        self.config = replace(settings.generation, demonstrations=k)
+        # gen_pmi too: the replies are cached and may be re-ranked later by a blender that reads it.
+        self.config = replace(settings.generation, demonstrations=k, pmi=True)
         self.version = lm.lm_id
 
     @classmethod
@@ -73,10 +74,8 @@ class KindGenerator:
 
     def __call__(self, context: Context, language: str, demos: Sequence[Demonstration], deadline: float) -> Attempt:
         counting = CountingFilter()
-        generator = LMGenerator(self.lm, self.config, reply_filter=counting,
-                                prompts=FixedDemos(demos) if demos else None)
         # With no demonstrations the prompt is plain zero-shot ("none"), not a fallback.
-        if not demos:
-            generator.config = replace(self.config, demonstrations=0)
+        config = self.config if demos else replace(self.config, demonstrations=0)
+        generator = LMGenerator(self.lm, config, reply_filter=counting, prompts=FixedDemos(demos) if demos else None)
         kept = generator.candidates(context, language, self.config.n_candidates, deadline)
         return Attempt(counting.seen, kept, dict(counting.reasons))

@@ -100,7 +100,8 @@ def training_generator(settings: Settings, config: TrainingGeneration) -> PoolGe
 
     generation = replace(settings.generation, mode="always" if settings.generation.mode == "off"
                          else settings.generation.mode, n_candidates=max(settings.generation.n_candidates,
-                                                                         config.per_context))
+                                                                         config.per_context),
+                         pmi=True)  # a blender trained with generated replies reads gen_pmi
     source = build_generator(replace(settings, generation=generation))
     if source is None:
         raise ValueError("generation for the blender's pools needs a decoder LM: set [lm] name (e.g. gemma-3-270m) "

@@ -43,6 +43,7 @@ from rl.generated_quality import (
     Generate,
     GenerationEvalConfig,
     Ranker,
+    bootstrap_mean,
     kinds_table,
     picked_generated,
     sample_kinds,
@@ -121,17 +122,6 @@ def choose(retriever: PromptRetriever, base: PromptRetriever, pool: PromptPool, 
             "none": [[] for _ in contexts]}
 
 
-def paired_bootstrap(diffs: np.ndarray, n_boot: int, seed: int) -> tuple[float, float, float]:
-    """Mean of per-context differences and its 95% percentile-bootstrap interval (resampling contexts)."""
-    diffs = np.asarray(diffs, dtype=np.float64)
-    if len(diffs) < 2:
-        raise ValueError(f"need at least 2 contexts for a bootstrap interval, got {len(diffs)}")
-    rng = np.random.default_rng(seed)
-    means = diffs[rng.integers(0, len(diffs), size=(n_boot, len(diffs)))].mean(axis=1)
-    low, high = np.percentile(means, [2.5, 97.5])
-    return float(diffs.mean()), float(low), float(high)
-
-
 def score_conditions(lm: DecoderLM, contexts: Sequence[ContextPair], chosen: dict[str, list[list[Demonstration]]],
                      cache: ScoreCache, config: EvalPromptsConfig) -> dict[str, np.ndarray]:
     """Gold-reply mean log-prob per context under each condition's prompt (most useful demo last)."""
@@ -153,7 +143,7 @@ def summarize(scores: dict[str, np.ndarray], languages: np.ndarray, config: Eval
         row: dict[str, Any] = {"contexts": int(mask.sum()),
                                "mean_logprob": {k: float(v[mask].mean()) for k, v in scores.items()}}
         for other in [c for c in CONDITIONS[1:] if c in scores]:
-            mean, low, high = paired_bootstrap(scores["uprise"][mask] - scores[other][mask], config.n_boot, config.seed)
+            mean, low, high = bootstrap_mean(scores["uprise"][mask] - scores[other][mask], config.n_boot, config.seed)
             row[f"uprise_minus_{other}"] = {"mean": mean, "ci95": [low, high], "excludes_0": low > 0 or high < 0}
         out[language] = row
     return out

@@ -19,6 +19,7 @@ from dialog.serving.encoding import RequestEncoder
 from dialog.serving.logs import log_event
 from dialog.serving.pipeline import Pipeline
 from ranker.blender import Blender
+from ranker.features.generation import GENERATION_ANNOTATORS
 from retriever.adapter import adapter_identity
 from retriever.bank_index import load_index
 from retriever.bank_retriever import BankRetriever
@@ -120,7 +121,10 @@ def build_pipeline(settings: Settings) -> Assembled:
         versions["ranker"] = "bank-first (fallback: the configured blender was refused, see the log)"
     elif blender is not None and shipped:
         versions["ranker"] += " (shipped default)"
-    generator = build_generator(settings)
+    # The unconditional pass behind gen_pmi costs the request's budget: only for a blender that reads it.
+    reads_pmi = blender is not None and any(a.name in GENERATION_ANNOTATORS for a in blender.annotators)
+    generation = replace(settings.generation, pmi=settings.generation.pmi or reads_pmi)
+    generator = build_generator(replace(settings, generation=generation))
     if generator is not None:
         versions["generator"] = generator.version
     pipeline = Pipeline(

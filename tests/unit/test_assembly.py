@@ -87,6 +87,7 @@ def test_mode_always_generates_for_every_request_unless_it_says_no(assemble, gen
     assert [c.source for c in found] == [SOURCE_BANK, SOURCE_BANK, SOURCE_BANK, SOURCE_GENERATED]
     generator = assembled.pipeline.optional_sources[0]
     assert assembled.pipeline.versions["generator"] == generator.version != ""
+    assert generator.generator.config.pmi is False, "no blender reads gen_pmi here: its extra LM pass is skipped"
     respond(assembled, generate=False)
     assert len(generator_calls) == 1, "generate=False must switch generation off for that request"
 

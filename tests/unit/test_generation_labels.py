@@ -164,17 +164,22 @@ def test_generated_candidates_carry_pmi_from_one_padded_unconditional_pass(tiny_
     import time
 
     from core.config import GenerationConfig
+    from core.lm.scoring import score_token_ids
     from dialog.generation.filters import FilterConfig, ReplyFilter
-    from dialog.generation.generator import LMGenerator, unconditional_logprobs
+    from dialog.generation.generator import LMGenerator
 
     sequences = [(5, 9, 11, 4), (7,), ()]
-    batched = unconditional_logprobs(tiny_lm, sequences)
-    alone = [unconditional_logprobs(tiny_lm, [s])[0] for s in sequences[:2]]
+    batched = [s.mean_logprob for s in score_token_ids(tiny_lm, sequences)]
+    alone = [score_token_ids(tiny_lm, [s])[0].mean_logprob for s in sequences[:2]]
     assert batched[:2] == pytest.approx(alone, abs=1e-4), "right padding must not change a sequence's score"
     assert math.isnan(batched[2])
     config = replace(GenerationConfig(), n_candidates=3, max_new_tokens=6, keep_truncated=True, demonstrations=0)
-    generator = LMGenerator(tiny_lm, config, ReplyFilter(FilterConfig(check_language=False), blocklists=[]))
+    reply_filter = ReplyFilter(FilterConfig(check_language=False), blocklists=[])
     context = Context((Turn("user", "Do you like green tea?"),))
+    # Off by default: the extra pass is paid only when a blender reads gen_pmi.
+    plain = LMGenerator(tiny_lm, config, reply_filter).candidates(context, "en", 3, time.monotonic() + 20)
+    assert plain and all("gen_pmi" not in c.stage_scores for c in plain)
+    generator = LMGenerator(tiny_lm, replace(config, pmi=True), reply_filter)
     found = generator.candidates(context, "en", 3, time.monotonic() + 20)
     assert found, "the tiny model produced no reply that passed the filters"
     for cand in found:

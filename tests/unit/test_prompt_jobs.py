@@ -22,7 +22,7 @@ def _single_thread(one_torch_thread: None) -> None:
 
 
 def test_paired_bootstrap_interval() -> None:
-    from dialog.jobs.eval_prompts import paired_bootstrap
+    from rl.generated_quality import bootstrap_mean as paired_bootstrap
 
     rng = np.random.default_rng(0)
     mean, low, high = paired_bootstrap(0.5 + rng.normal(0, 0.2, 80), 1000, 0)

@@ -45,14 +45,16 @@ def test_targets_are_best_scored_positive_worst_scored_hard_and_random_negatives
         PromptTrainConfig(loss="pairwise").validate()
 
 
+def unit_rows(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
+    rows = rng.normal(size=(n, dim)).astype(np.float32)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
 @pytest.mark.parametrize("loss", ["contrastive", "listwise"])
 def test_adapter_learns_which_demonstration_the_lm_prefers(loss: str) -> None:
     rng = np.random.default_rng(0)
     dim, pool_size, n = 16, 80, 240
-    passages = rng.normal(size=(pool_size, dim)).astype(np.float32)
-    passages /= np.linalg.norm(passages, axis=1, keepdims=True)
-    queries = rng.normal(size=(n, dim)).astype(np.float32)
-    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    passages, queries = unit_rows(rng, pool_size, dim), unit_rows(rng, n, dim)
     hidden = np.linalg.qr(rng.normal(size=(dim, dim)))[0].astype(np.float32)  # the "LM" prefers rotated matches
     examples = []
     for i in range(n):
@@ -72,10 +74,7 @@ def test_adapter_learns_which_demonstration_the_lm_prefers(loss: str) -> None:
 def test_an_adapter_trained_on_noise_is_not_kept_over_the_plain_encoder() -> None:
     rng = np.random.default_rng(1)
     dim, pool_size, n = 16, 80, 200
-    passages = rng.normal(size=(pool_size, dim)).astype(np.float32)
-    passages /= np.linalg.norm(passages, axis=1, keepdims=True)
-    queries = rng.normal(size=(n, dim)).astype(np.float32)
-    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    passages, queries = unit_rows(rng, pool_size, dim), unit_rows(rng, n, dim)
     examples = [ScoredExample(f"q{i}", "en", tuple(int(c) for c in rng.choice(pool_size, size=8, replace=False)),
                               tuple(float(x) for x in rng.normal(size=8))) for i in range(n)]
     config = PromptTrainConfig(rank=16, epochs=30, batch_size=32, learning_rate=1e-2, dev_fraction=0.3,
